@@ -1,0 +1,107 @@
+"""Shared CLI plumbing: consoles, error handling, devices, run folders, progress.
+
+Nothing here imports torch at module level: commands that run exported models
+must work where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import ProbdaError
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Library warnings go to stderr through rich; --quiet keeps only warnings."""
+    root = logging.getLogger("probda_deploy")
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(console=err, show_time=False, show_path=False, markup=False))
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn ProbdaError into one red line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ProbdaError as e:
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def resolve_device(device: Device | str) -> str:
+    """auto -> cuda if available else cpu; cuda without a GPU falls back to cpu with a warning."""
+    import torch
+
+    device = Device(device)
+    has_cuda = torch.cuda.is_available()
+    if device is Device.cuda and not has_cuda:
+        err.print("[yellow]warning:[/] --device cuda requested but no CUDA GPU is available to torch; using cpu")
+        return "cpu"
+    if device is Device.auto:
+        return "cuda" if has_cuda else "cpu"
+    return device.value
+
+
+def new_run_dir(command: str, output: Path | None) -> Path:
+    """`output`, or a new `./runs/<command>-<timestamp>/`."""
+    if output is not None:
+        return output
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"{command}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{command}-{stamp}-{n}"
+    return path
+
+
+def newest_checkpoint(root: Path = Path("runs")) -> Path:
+    """best.pt of the most recently modified run under ./runs."""
+    cands = sorted(root.glob("*/best.pt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not cands:
+        raise ProbdaError(f"{root}/: no run with a best.pt found; give a checkpoint path")
+    return cands[-1]
+
+
+def make_progress(quiet: bool) -> Progress:
+    """A rich progress bar with count, rate-friendly columns and ETA (disabled by --quiet)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet or not sys.stderr.isatty() and False,
+        transient=False,
+    )

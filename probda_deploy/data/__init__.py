@@ -1,0 +1,1 @@
+"""Image I/O, validation, label matching, normalisation, patch sampling, augmentation, synthetic data."""

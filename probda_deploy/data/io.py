@@ -1,0 +1,176 @@
+"""Reading, validating and writing images. numpy + imageio/tifffile only (no torch).
+
+Every problem becomes one `ImageReadError` whose message starts with the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ..errors import ImageReadError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot access ({e.strerror})") from None
+    if size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise ImageReadError(f"{path}: permission denied; check the file's read permissions")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return np.asarray(tifffile.imread(path))
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path))
+    except PermissionError:
+        raise ImageReadError(f"{path}: permission denied; check the file's read permissions") from None
+    except Exception as e:  # decoders raise many types for corrupt files
+        msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ImageReadError(f"{path}: not a readable image ({msg})") from None
+
+
+def to_grayscale(arr: np.ndarray, path: Path) -> np.ndarray:
+    """(..., 3|4) RGB(A) -> (...) luminance; warns once per file."""
+    log.warning("%s: RGB%s image converted to grayscale", path, "A" if arr.shape[-1] == 4 else "")
+    rgb = arr[..., :3].astype(np.float64)
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def read_image(path: str | Path, *, allow_stack: bool = True) -> np.ndarray:
+    """Read a 2D image (or a 3D stack) as validated float32.
+
+    Args:
+        path: TIFF, PNG or JPEG file; any integer or float dtype.
+        allow_stack: accept (Z, H, W) stacks.
+
+    Returns:
+        (H, W) or (Z, H, W) float32.
+
+    Raises:
+        ImageReadError: unreadable, empty, wrong dimensionality, NaN/inf or constant.
+    """
+    path = Path(path)
+    arr = _read_raw(path)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
+    arr = np.squeeze(arr) if arr.ndim > 2 else arr
+    if arr.ndim >= 3 and arr.shape[-1] in (3, 4) and min(arr.shape[-3:-1]) > 4:
+        arr = to_grayscale(arr, path)
+    if arr.ndim == 1 or arr.ndim == 0:
+        # squeeze of a 1xN image; keep it 2D
+        arr = arr.reshape(1, -1)
+    if arr.size == 0:
+        raise ImageReadError(f"{path}: image has no pixels (shape {arr.shape})")
+    if arr.ndim == 3 and not allow_stack:
+        raise ImageReadError(f"{path}: 3D stack {arr.shape} where a 2D image is needed")
+    if arr.ndim > 3:
+        raise ImageReadError(f"{path}: {arr.ndim}D array {arr.shape} is not supported; give 2D images or 3D (Z, H, W) stacks")
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        n_bad = int((~np.isfinite(out)).sum())
+        raise ImageReadError(f"{path}: contains {n_bad} NaN/inf pixel(s); clean the image first")
+    if out.max() == out.min():
+        raise ImageReadError(f"{path}: image is constant (all pixels = {out.flat[0]:g}); nothing to segment")
+    return out
+
+
+def read_label(path: str | Path, *, shape: tuple[int, ...] | None = None, image_path: str | Path | None = None) -> np.ndarray:
+    """Read an instance or binary label image as a binary float32 mask (label != 0).
+
+    Raises:
+        ImageReadError: unreadable, non-integer-valued, negative, or shape mismatch.
+    """
+    path = Path(path)
+    arr = _read_raw(path)
+    arr = np.squeeze(arr) if arr.ndim > 2 else arr
+    if arr.ndim >= 3 and arr.shape[-1] in (3, 4) and (shape is None or len(shape) == 2):
+        arr = arr[..., 0] if np.all(arr[..., :3] == arr[..., :1]) else arr.max(axis=-1)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageReadError(f"{path}: label contains NaN/inf")
+        if not np.all(arr == np.round(arr)):
+            raise ImageReadError(f"{path}: label has non-integer values; labels must be instance ids or 0/1 masks")
+    if np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating):
+        if arr.min() < 0:
+            raise ImageReadError(f"{path}: label has negative values (min {arr.min():g}); labels must be >= 0")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        against = f" image {image_path}" if image_path else " image"
+        raise ImageReadError(f"{path}: label shape {tuple(arr.shape)} != {against.strip()} shape {tuple(shape)}; check --labels")
+    return (arr != 0).astype(np.float32)
+
+
+def list_images(inputs: str | Path | list[str | Path], *, what: str = "images") -> list[Path]:
+    """Expand files, folders and globs to a sorted list of image files.
+
+    Raises:
+        ImageReadError: a path does not exist or nothing was found.
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if any(ch in str(item) for ch in "*?["):
+            matches = sorted(Path(q) for q in _glob(str(item)))
+            found += [m for m in matches if m.is_file() and is_image_file(m)]
+        elif p.is_dir():
+            try:
+                found += sorted(q for q in p.iterdir() if is_image_file(q) and (q.is_file() or not q.exists()))
+            except PermissionError:
+                raise ImageReadError(f"{p}: permission denied listing the folder") from None
+        elif p.exists() or p.is_symlink():
+            found.append(p)
+        else:
+            raise ImageReadError(f"{p}: no such file or folder")
+    if not found:
+        raise ImageReadError(f"{', '.join(map(str, inputs))}: no {what} found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    seen, unique = set(), []
+    for f in found:
+        if f not in seen:
+            seen.add(f)
+            unique.append(f)
+    return unique
+
+
+def _glob(pattern: str) -> list[str]:
+    import glob
+
+    return glob.glob(pattern, recursive=True)
+
+
+def write_tiff_atomic(path: str | Path, array: np.ndarray, **kwargs) -> Path:
+    """Write a TIFF via a temp file + rename so no partial file is ever visible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, array, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,131 @@
+"""probda checkpoints: plain dicts of tensors and builtins, loadable with weights_only=True.
+
+Layout (format "probda-checkpoint", version 1):
+    format, format_version, model_class, model_config, state_dict,
+    [teacher_state_dict], [optimizer, scheduler, scaler, rng], iteration,
+    metrics, best_metric, normalization, train_config, provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from .registry import model_from_spec, model_spec
+
+FORMAT = "probda-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_NORMALIZATION = {"mode": "zero_mean_unit_variance", "scope": "image", "eps": 1e-7}
+
+
+def make_checkpoint(model: nn.Module, **extra: Any) -> dict:
+    """Checkpoint dict for `model` plus extra top-level entries (iteration, metrics, ...)."""
+    cls_name, cfg = model_spec(model)
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_class": cls_name,
+        "model_config": cfg,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "iteration": 0,
+        "metrics": {},
+        "normalization": dict(DEFAULT_NORMALIZATION),
+        "provenance": {"probda_version": _version(), "torch_version": torch.__version__},
+    }
+    ckpt.update(extra)
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
+    """Write atomically: temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """Load a probda checkpoint safely (weights_only=True).
+
+    Raises:
+        CheckpointError: missing file, unsafe pickle, not a probda checkpoint,
+            or a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file needs arbitrary Python objects unpickled "
+            f"({first[:160]}); probda only loads plain weights. If it comes from the paper's "
+            f"code or torch-em, convert it with `probda import`"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError/EOFError/zip errors for corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = " (looks like a reference/torch-em checkpoint: run `probda import` first)" if isinstance(ckpt, dict) and "model_state" in ckpt else ""
+        raise CheckpointError(f"{path}: not a probda checkpoint{hint}")
+    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt['format_version']} is newer than this probda "
+            f"supports ({FORMAT_VERSION}); upgrade probda"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict | str | Path, *, teacher: bool | None = None, map_location: str = "cpu") -> nn.Module:
+    """Rebuild the model of a checkpoint and load its weights (eval mode).
+
+    Args:
+        teacher: use `teacher_state_dict`; None means "if present" (adapted
+            mean-teacher runs deploy the teacher).
+    """
+    source = ckpt if isinstance(ckpt, (str, Path)) else None
+    if source is not None:
+        ckpt = load_checkpoint(source, map_location=map_location)
+    where = source or "checkpoint"
+    try:
+        model = model_from_spec(ckpt["model_class"], dict(ckpt["model_config"]))
+    except (KeyError, ConfigError, TypeError) as e:
+        raise CheckpointError(f"{where}: cannot rebuild the model ({e})") from None
+    use_teacher = ("teacher_state_dict" in ckpt) if teacher is None else teacher
+    state = ckpt["teacher_state_dict"] if use_teacher else ckpt["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: weights do not fit the model config ({str(e)[:200]})") from None
+    return model.eval()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

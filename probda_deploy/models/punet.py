@@ -1,0 +1,191 @@
+"""Probabilistic UNet (Kohl et al. 2018) as used by Archit & Pape 2023.
+
+METHOD.md section 1: a UNet trunk gives features F; a prior net p(z|x) and a
+posterior net q(z|x,y) give diagonal Gaussians over a small latent z; `fcomb`
+(1x1 convs) maps concat(F, z) to logits. Module names follow the reference
+checkpoint layout (`unet.`, `prior.encoder.layers.N`, `prior.conv_layer`,
+`fcomb.layers.N`, `fcomb.last_layer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import init_conv, init_orthogonal, pad_to_multiple
+from .unet import UNetTrunk
+
+
+@dataclass(frozen=True)
+class PUNetConfig:
+    """PUNet hyper-parameters; defaults are the paper's configuration."""
+
+    in_channels: int = 1
+    num_classes: int = 1
+    depth: int = 4
+    initial_features: int = 64
+    latent_dim: int = 6
+    n_fcomb: int = 3
+    convs_per_block: int = 3
+    beta: float = 1.0
+    # False: translation-equivariant upsampling, exact tiling. True: reference code.
+    align_corners: bool = False
+    # Padding of the prior/posterior convs (torch-em's variant uses none).
+    gaussian_padding: int = 1
+
+    @classmethod
+    def small(cls) -> "PUNetConfig":
+        """CPU-sized configuration: 16, 32, 64, 128 filters."""
+        return replace(cls(), initial_features=16)
+
+    @property
+    def filters(self) -> list[int]:
+        return [self.initial_features * 2**i for i in range(self.depth)]
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (self.depth - 1)
+
+
+class GaussianEncoder(nn.Module):
+    """Conv encoder -> global mean over H, W -> 1x1 conv -> (mu, log_sigma), each (B, L)."""
+
+    def __init__(self, in_channels: int, filters: list[int], latent_dim: int, *, convs_per_block: int = 3, padding: int = 1):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = _Trunk(in_channels, filters, convs_per_block, padding)
+        self.conv_layer = nn.Conv2d(filters[-1], 2 * latent_dim, 1)
+        init_orthogonal(self.conv_layer)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map before the global mean: (B, filters[-1], h, w)."""
+        return self.encoder(x)
+
+    def head(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, filters[-1]) pooled features -> mu, log_sigma (B, L)."""
+        out = self.conv_layer(pooled[:, :, None, None])[:, :, 0, 0]
+        return out[:, : self.latent_dim], out[:, self.latent_dim :]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.trunk(x).mean(dim=(2, 3)))
+
+
+class _Trunk(nn.Module):
+    """Flat Sequential `layers` (reference layout): [convs, pool, convs, pool, ...]."""
+
+    def __init__(self, in_channels: int, filters: list[int], convs_per_block: int, padding: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, f in enumerate(filters):
+            if i > 0:
+                layers.append(nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True))
+            for j in range(convs_per_block):
+                layers += [nn.Conv2d(prev if j == 0 else f, f, 3, padding=padding), nn.ReLU(inplace=True)]
+            prev = f
+        self.layers = nn.Sequential(*layers)
+        self.layers.apply(init_conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Fcomb(nn.Module):
+    """1x1 conv head on concat(F, z): (C+L)->C, ReLU, ..., C->num_classes."""
+
+    def __init__(self, features: int, latent_dim: int, num_classes: int, n_fcomb: int):
+        super().__init__()
+        if n_fcomb < 2:
+            raise ValueError("n_fcomb must be >= 2")
+        layers: list[nn.Module] = [nn.Conv2d(features + latent_dim, features, 1), nn.ReLU(inplace=True)]
+        for _ in range(n_fcomb - 2):
+            layers += [nn.Conv2d(features, features, 1), nn.ReLU(inplace=True)]
+        self.layers = nn.Sequential(*layers)
+        self.last_layer = nn.Conv2d(features, num_classes, 1)
+        self.features = features
+        self.layers.apply(init_orthogonal)
+        init_orthogonal(self.last_layer)
+
+    def forward(self, feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """feats (B, C, H, W), z (B, L) -> logits (B, num_classes, H, W)."""
+        zmap = z[:, :, None, None].expand(-1, -1, *feats.shape[-2:])
+        return self.last_layer(self.layers(torch.cat([feats, zmap], dim=1)))
+
+    def split_first(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """First conv as W_F (C_out, C), W_z (C_out, L), b (C_out)."""
+        conv = self.layers[0]
+        w = conv.weight[:, :, 0, 0]
+        return w[:, : self.features], w[:, self.features :], conv.bias
+
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything after the first conv's pre-activation: ReLU, remaining convs."""
+        return self.last_layer(self.layers[1:](h))
+
+
+class PUNet(nn.Module):
+    """Probabilistic UNet. `forward(x, z)` gives logits for given latents."""
+
+    def __init__(self, config: PUNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.unet = UNetTrunk(c.in_channels, c.filters, convs_per_block=c.convs_per_block, align_corners=c.align_corners)
+        self.prior = GaussianEncoder(c.in_channels, c.filters, c.latent_dim, convs_per_block=c.convs_per_block, padding=c.gaussian_padding)
+        self.posterior = GaussianEncoder(
+            c.in_channels + c.num_classes, c.filters, c.latent_dim, convs_per_block=c.convs_per_block, padding=c.gaussian_padding
+        )
+        self.fcomb = Fcomb(c.initial_features, c.latent_dim, c.num_classes, c.n_fcomb)
+
+    # -- pieces (inputs already padded to a multiple of size_multiple) --
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(x)
+
+    def prior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prior(x)
+
+    def posterior_params(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.posterior(torch.cat([x, y], dim=1))
+
+    # -- public API (any H, W) --
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x (B, in, H, W), z (B, L) -> logits (B, classes, H, W)."""
+        xp, (h, w) = pad_to_multiple(x, self.config.size_multiple)
+        return self.fcomb(self.features(xp), z)[..., :h, :w]
+
+    def sample_logits(self, x: torch.Tensor, *, eps: torch.Tensor | None = None, k: int = 16) -> torch.Tensor:
+        """K prior samples, UNet and prior run once.
+
+        The first fcomb conv is linear in concat(F, z), so W_F F is computed once
+        and each sample only adds the per-channel bias W_z z_k + b.
+
+        Args:
+            x: (B, in, H, W) float32.
+            eps: (K, B, L) standard normal draws; drawn from the torch RNG if None.
+            k: number of samples when eps is None.
+
+        Returns:
+            (K, B, classes, H, W) logits.
+        """
+        xp, (h, w) = pad_to_multiple(x, self.config.size_multiple)
+        feats = self.features(xp)
+        mu, log_sigma = self.prior_params(xp)
+        if eps is None:
+            eps = torch.randn(k, *mu.shape, device=x.device, dtype=mu.dtype)
+        z = mu[None] + torch.exp(log_sigma)[None] * eps  # (K, B, L)
+        w_f, w_z, b = self.fcomb.split_first()
+        base = F.conv2d(feats, w_f[:, :, None, None])  # (B, C, H, W)
+        bias = z @ w_z.T + b  # (K, B, C)
+        kk, bb = z.shape[:2]
+        pre = base[None] + bias[..., None, None]
+        out = self.fcomb.tail(pre.reshape(kk * bb, *pre.shape[2:]))
+        return out.reshape(kk, bb, *out.shape[1:])[..., :h, :w]
+
+
+def kl_diag_gaussians(mu_q: torch.Tensor, ls_q: torch.Tensor, mu_p: torch.Tensor, ls_p: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) of diagonal Gaussians given by mean and log-sigma, summed over L: (B,)."""
+    var_q, var_p = torch.exp(2 * ls_q), torch.exp(2 * ls_p)
+    kl = ls_p - ls_q + (var_q + (mu_q - mu_p) ** 2) / (2 * var_p) - 0.5
+    return kl.sum(dim=-1)
