@@ -1,5 +1,78 @@
-"""placeholder, being written"""
+"""`probda info`: describe a checkpoint, a run folder or an export folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import handle_errors, out
 
 
-def register(app):
-    pass
+def _kv_table(title: str, rows: dict) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for k, v in rows.items():
+        table.add_row(str(k), v if isinstance(v, str) else json.dumps(v, default=str))
+    return table
+
+
+def describe_checkpoint(path: Path) -> None:
+    from ..models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    n_params = sum(v.numel() for v in ckpt["state_dict"].values())
+    out.print(_kv_table(f"checkpoint {path}", {
+        "model": f"{ckpt['model_class']} ({n_params / 1e6:.2f} M parameters)",
+        "config": ckpt["model_config"],
+        "strategy": ckpt.get("strategy", "-"),
+        "iteration": str(ckpt.get("iteration")),
+        "best metric": str(ckpt.get("best_metric", "-")),
+        "metrics": ckpt.get("metrics", {}),
+        "deploys": "teacher (EMA) weights" if "teacher_state_dict" in ckpt else "model weights",
+        "normalization": ckpt.get("normalization", {}),
+        "train config": ckpt.get("train_config", {}),
+        "adapt config": ckpt.get("adapt_config", "-"),
+        "provenance": ckpt.get("provenance", {}),
+    }))
+
+
+def describe_export(folder: Path) -> None:
+    from ..runtime.manifest import load_manifest
+
+    out.print(_kv_table(f"export {folder}", load_manifest(folder, verify=True)))
+
+
+def info(
+    path: Annotated[Path, typer.Argument(help="A checkpoint (.pt), a run folder, or an export folder (NAME.probda).")],
+) -> None:
+    """Show model, configuration, metrics and provenance."""
+    from ..errors import ProbdaError
+
+    if path.is_dir() and (path / "manifest.json").exists():
+        return describe_export(path)
+    if path.is_dir():
+        ckpts = [p for p in (path / "best.pt", path / "latest.pt") if p.exists()]
+        if not ckpts:
+            raise ProbdaError(f"{path}: no best.pt/latest.pt or manifest.json here")
+        describe_checkpoint(ckpts[0])
+        metrics = path / "metrics.jsonl"
+        if metrics.exists():
+            lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+            table = Table(title="validation history", title_justify="left")
+            keys = [k for k in lines[-1] if k not in ("best",)][:8]
+            for k in keys:
+                table.add_column(k)
+            for line in lines[-15:]:
+                table.add_row(*[f"{line.get(k, ''):.4g}" if isinstance(line.get(k), float) else str(line.get(k, "")) for k in keys])
+            out.print(table)
+        return None
+    return describe_checkpoint(path)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(handle_errors(info))

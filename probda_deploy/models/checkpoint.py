@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ def make_checkpoint(model: nn.Module, **extra: Any) -> dict:
         "iteration": 0,
         "metrics": {},
         "normalization": dict(DEFAULT_NORMALIZATION),
-        "provenance": {"probda_version": _version(), "torch_version": torch.__version__},
+        "provenance": {"probda_version": _version(), "torch_version": str(torch.__version__)},
     }
     ckpt.update(extra)
     return ckpt
@@ -74,11 +76,14 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e)
+        if "GLOBAL" not in text.upper() and not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from None
+        what = re.search(r"GLOBAL:? ([\w.]+)", text)
         raise CheckpointError(
-            f"{path}: refused to load: the file needs arbitrary Python objects unpickled "
-            f"({first[:160]}); probda only loads plain weights. If it comes from the paper's "
-            f"code or torch-em, convert it with `probda import`"
+            f"{path}: refused to load: the file needs arbitrary Python objects unpickled"
+            f"{' (' + what.group(1) + ')' if what else ''}, which could run code; probda only loads plain "
+            f"weights. If it comes from the paper's code or torch-em, convert it with `probda import`"
         ) from None
     except Exception as e:  # torch raises RuntimeError/EOFError/zip errors for corrupt files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:160]})") from None

@@ -35,6 +35,9 @@ class PUNetConfig:
     align_corners: bool = False
     # Padding of the prior/posterior convs (torch-em's variant uses none).
     gaussian_padding: int = 1
+    # Explicit filters per level (reference checkpoints, e.g. [32, 64, 128, 192]);
+    # None = initial_features * 2**i. num_filters[0] must equal initial_features.
+    num_filters: tuple[int, ...] | None = None
 
     @classmethod
     def small(cls) -> "PUNetConfig":
@@ -43,6 +46,8 @@ class PUNetConfig:
 
     @property
     def filters(self) -> list[int]:
+        if self.num_filters is not None:
+            return [int(f) for f in self.num_filters]
         return [self.initial_features * 2**i for i in range(self.depth)]
 
     @property

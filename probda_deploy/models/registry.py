@@ -8,9 +8,14 @@ from torch import nn
 
 from ..errors import ConfigError
 from .punet import PUNet, PUNetConfig
+from .torch_em_unet import TorchEmPUNet, TorchEmPUNetConfig
 from .unet import UNet, UNetConfig
 
-MODEL_CLASSES = {"PUNet": (PUNet, PUNetConfig), "UNet": (UNet, UNetConfig)}
+MODEL_CLASSES = {
+    "PUNet": (PUNet, PUNetConfig),
+    "UNet": (UNet, UNetConfig),
+    "TorchEmPUNet": (TorchEmPUNet, TorchEmPUNetConfig),  # imported torch-em checkpoints
+}
 
 MODEL_VARIANTS = {
     "punet": ("PUNet", PUNetConfig()),

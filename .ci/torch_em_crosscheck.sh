@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Cross-check `probda import` against torch-em's real ProbabilisticUNet.
+#
+# 1. A separate venv (reused if complete) with torch==2.13.0 (the CPU wheel on
+#    disk), numpy and torch-em==0.10.9 installed --no-deps: torch-em's model code
+#    needs only torch and numpy; its trainer deps (torchvision, kornia, ...) are
+#    not installed, and torchvision from PyPI does not import beside this torch.
+# 2. That venv builds torch-em ProbabilisticUNets (fixed seeds), saves them as
+#    torch-em's trainer does, and records outputs for fixed inputs and z.
+# 3. probda (PROBDA_PYTHON, default .venv/bin/python) runs `probda import` on each
+#    and compares outputs to 1e-5. Exit status is non-zero on any mismatch.
+#
+# PROBDA_TORCH_EM_FULL=1 instead installs torch-em with all its dependencies and
+# torch 2.14.1 + torchvision 0.29.1 from disk (6.4 GB, ~6 min) and imports torch_em
+# the normal way; the light default takes ~1-2 min and runs the same model code.
+#
+# Env: PROBDA_PYTHON, PROBDA_TORCH_EM_VENV (venv dir), PROBDA_CROSSCHECK_OUT (work dir),
+#      PROBDA_TORCH_EM_FULL.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+py="${PROBDA_PYTHON:-}"
+if [ -z "$py" ]; then
+    if [ -x "$repo/.venv/bin/python" ]; then py="$repo/.venv/bin/python"; else py="python3"; fi
+fi
+full="${PROBDA_TORCH_EM_FULL:-0}"
+if [ "$full" = 1 ]; then flavour="full-torch-2.14.1"; else flavour="torch-2.13.0"; fi
+venv="${PROBDA_TORCH_EM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/probda-ci/torch-em-0.10.9-$flavour}"
+if [ -n "${PROBDA_CROSSCHECK_OUT:-}" ]; then
+    out="$PROBDA_CROSSCHECK_OUT"
+else
+    out="$(mktemp -d -t probda-torch-em-XXXXXX)"
+    trap 'rm -rf "$out"' EXIT
+fi
+stamp="$venv/.probda-crosscheck-ready"
+start=$SECONDS
+
+if [ ! -f "$stamp" ]; then
+    echo "torch-em cross-check: creating venv $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+    if [ "$full" = 1 ]; then
+        "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1" "torch-em==0.10.9" "pydantic<2.14" 2>&1 | grep -v "^WARNING: Location" || true
+    else
+        "${pip[@]}" "torch==2.13.0" numpy 2>&1 | grep -v "^WARNING: Location" || true
+        "${pip[@]}" --no-deps "torch-em==0.10.9" 2>&1 | grep -v "^WARNING: Location" || true
+    fi
+    "$venv/bin/python" -c "import torch, numpy, importlib.util as u; assert u.find_spec('torch_em')"
+    touch "$stamp"
+else
+    echo "torch-em cross-check: reusing venv $venv"
+fi
+echo "torch-em cross-check: environment ready after $((SECONDS - start)) s"
+
+"$venv/bin/python" "$here/torch_em_crosscheck.py" make "$out"
+
+for f in "$out"/*.torch_em.pt; do
+    name="$(basename "$f" .torch_em.pt)"
+    "$py" -m probda_deploy.cli.app import "$f" -o "$out/$name.probda.pt"
+    if [ -f "$out/$name.expected.pt" ] && "$py" -c "import sys, torch; sys.exit(0 if 'teacher' in torch.load(sys.argv[1], weights_only=True) else 1)" "$out/$name.expected.pt"; then
+        "$py" -m probda_deploy.cli.app import "$f" -o "$out/$name.student.probda.pt" --use-student >/dev/null
+    fi
+done
+
+"$py" "$here/torch_em_crosscheck.py" compare "$out"
+echo "torch-em cross-check: done in $((SECONDS - start)) s"

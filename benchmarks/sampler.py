@@ -1,0 +1,238 @@
+"""Runtime sampler speed on CPU: onnxruntime K-sample sampler vs naive runs vs torch.
+
+Measured in one run, per model configuration (paper: 64 filters, depth 4; small:
+16 filters), on one HxW image (default 512x512), untiled:
+  * runtime sampler (OnnxSampler.predict) for K = 1, 4, 16, 32;
+  * the naive way: the whole model run K times (K calls of predict with K=1);
+  * torch eager sampling of the same model (PUNet.sample_logits + reductions),
+    channels_last, and torch.compile (the best torch variant found);
+  * ratios: cost(K=16)/cost(K=1), ORT vs torch eager and vs best torch at K=16;
+  * the encoder's achieved GFLOP/s (FLOPs from torch.utils.flop_counter)
+    against this machine's large-GEMM ceiling (best of numpy, torch and
+    onnxruntime MatMul on the same threads);
+  * peak RSS of a fresh process running the sampler at K = 16 and 32.
+
+Usage:
+    python benchmarks/sampler.py [--configs paper,small] [--size 512] [--threads N] [--repeats 3] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default="paper,small")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--threads", type=int, default=None, help="threads for every engine (default: physical cores)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--naive-max-k", type=int, default=16)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--rss-child", nargs=4, metavar=("FOLDER", "K", "SIZE", "THREADS"), help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up (session arenas, oneDNN primitives)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def image(size: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    img = rng.normal(0, 0.2, (size, size))
+    for _ in range(30):
+        cy, cx, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(5, 25)]
+        img += (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    return img.astype(np.float32)
+
+
+def gemm_ceiling(threads: int, n: int = 2048) -> dict[str, float]:
+    """GFLOP/s of a large float32 GEMM in numpy, torch and onnxruntime."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    flops = 2 * n**3
+    out = {"numpy": flops / best_time(lambda: a @ a, 3) / 1e9}
+    ta = torch.from_numpy(a)
+    with torch.inference_mode():
+        out["torch"] = flops / best_time(lambda: ta @ ta, 3) / 1e9
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    out["onnxruntime"] = flops / best_time(lambda: sess.run(None, {"a": a, "b": a}), 3) / 1e9
+    return out
+
+
+def torch_sampler(model, x, eps, *, channels_last: bool = False):
+    """torch eager: PUNet.sample_logits + the same reductions as the decoder graph."""
+    import torch
+
+    def run():
+        with torch.inference_mode():
+            xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            probs = torch.sigmoid(model.sample_logits(xi, eps=eps))
+            mean = probs.mean(0)
+            std = ((probs - mean) ** 2).mean(0).sqrt()
+            hits = torch.where(mean >= 0.5, probs >= 0.9, probs <= 0.1).float().mean(0)
+            return mean, std, hits
+
+    return run
+
+
+def rss_child(folder: str, k: int, size: int, threads: int) -> None:
+    import resource
+
+    from probda_deploy.runtime import OnnxSampler
+
+    sampler = OnnxSampler(folder, device="cpu", threads=threads)
+    sampler.predict(image(size), k=k, seed=0, tile=None)
+    # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across fork/exec
+    try:
+        hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+        print(int(hwm.split()[1]) / 1024)
+    except (OSError, StopIteration):
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def peak_rss(folder: Path, k: int, size: int, threads: int) -> float:
+    cmd = [sys.executable, __file__, "--rss-child", str(folder), str(k), str(size), str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def bench_config(name: str, args, threads: int, workdir: Path) -> dict:
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from probda_deploy.exporters import export_onnx
+    from probda_deploy.models import build_model
+    from probda_deploy.runtime import OnnxSampler
+
+    torch.manual_seed(0)
+    model = build_model("punet" if name == "paper" else "punet-small").eval()
+    t0 = time.perf_counter()
+    folder = export_onnx(model, workdir / f"{name}.probda", check=False)
+    res = {"config": name, "filters": model.config.filters, "export_s": time.perf_counter() - t0}
+    sampler = OnnxSampler(folder, device="cpu", threads=threads)
+    img = image(args.size)
+    for k in (1, 4, 16, 32):
+        res[f"ort_k{k}"] = best_time(lambda: sampler.predict(img, k=k, seed=0, tile=None), args.repeats)
+    for k in (4, 16):
+        if k <= args.naive_max_k:
+            reps = 1 if name == "paper" else args.repeats
+            res[f"naive_k{k}"] = best_time(lambda: [sampler.predict(img, k=1, seed=i, tile=None) for i in range(k)], reps)
+    x = torch.from_numpy((img - img.mean()) / (img.std() + 1e-7))[None, None]
+    eps = torch.randn(16, 1, model.config.latent_dim)
+    res["torch_k16"] = best_time(torch_sampler(model, x, eps), args.repeats)
+    model_cl = build_model("punet" if name == "paper" else "punet-small").eval().to(memory_format=torch.channels_last)
+    model_cl.load_state_dict(model.state_dict())
+    res["torch_cl_k16"] = best_time(torch_sampler(model_cl, x, eps, channels_last=True), args.repeats)
+    if not args.no_compile:
+        try:
+            compiled = torch.compile(model.sample_logits)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x, eps=eps)
+            res["compile_s"] = time.perf_counter() - t0
+
+            class Wrap:
+                sample_logits = staticmethod(compiled)
+
+            res["torch_compile_k16"] = best_time(torch_sampler(Wrap, x, eps), args.repeats)
+        except Exception as e:  # inductor needs a C++ toolchain; report and go on
+            res["compile_error"] = f"{type(e).__name__}: {str(e)[:80]}"
+    s = model.config.size_multiple
+    xp = torch.zeros(1, 1, -(-args.size // s) * s, -(-args.size // s) * s)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.features(xp)
+    res["encoder_gflop"] = counter.get_total_flops() / 1e9
+    enc = sampler._sessions["encoder"]
+    xin = np.zeros(tuple(xp.shape), np.float32)
+    res["encoder_s"] = best_time(lambda: enc.run(["features"], {"image": xin}), args.repeats)
+    res["rss_k16_mb"] = peak_rss(folder, 16, args.size, threads)
+    res["rss_k32_mb"] = peak_rss(folder, 32, args.size, threads)
+    return res
+
+
+def report(rows: list[dict], ceiling: dict, args, threads: int) -> None:
+    best_gemm = max(ceiling.values())
+    print(f"\n## Runtime sampler benchmark: {args.size}x{args.size}, CPU, {threads} threads for every engine\n")
+    print("GEMM ceiling (2048^3 float32): " + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items()) + f" GFLOP/s -> ceiling {best_gemm:.1f}\n")
+    print("| config | K=1 | K=4 | K=16 | K=32 | naive K=4 | naive K=16 | torch eager K=16 | channels_last K=16 | torch.compile K=16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [f"{r.get(k, float('nan')):.2f} s" if k in r else "n/a" for k in
+                 ("ort_k1", "ort_k4", "ort_k16", "ort_k32", "naive_k4", "naive_k16", "torch_k16", "torch_cl_k16", "torch_compile_k16")]
+        print(f"| {r['config']} {r['filters']} | " + " | ".join(cells) + " |")
+    print("\n| config | cost K16/K1 (<=1.25) | naive K16 / ORT K16 | ORT vs torch eager K16 (>=4x) | ORT vs best torch K16 (>=2x) | encoder GFLOP | encoder GFLOP/s | / ceiling (>=0.8) | peak RSS K16 | peak RSS K32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        best_torch = min(r[k] for k in ("torch_k16", "torch_cl_k16", "torch_compile_k16") if k in r)
+        gflops = r["encoder_gflop"] / r["encoder_s"]
+        naive = f"{r['naive_k16'] / r['ort_k16']:.1f}x" if "naive_k16" in r else "n/a"
+        print(f"| {r['config']} | {r['ort_k16'] / r['ort_k1']:.2f} | {naive} | {r['torch_k16'] / r['ort_k16']:.2f}x | "
+              f"{best_torch / r['ort_k16']:.2f}x | {r['encoder_gflop']:.1f} | {gflops:.1f} | {gflops / best_gemm:.2f} | "
+              f"{r['rss_k16_mb']:.0f} MB | {r['rss_k32_mb']:.0f} MB |")
+    for r in rows:
+        extra = f"; torch.compile first call {r['compile_s']:.0f} s" if "compile_s" in r else f"; torch.compile: {r.get('compile_error', 'skipped')}"
+        print(f"\n{r['config']}: export {r['export_s']:.0f} s; encoder alone {r['encoder_s']:.2f} s{extra}")
+
+
+def main() -> None:
+    args = parse()
+    threads = args.threads or physical_cores()
+    if args.rss_child:
+        folder, k, size, thr = args.rss_child
+        rss_child(folder, int(k), int(size), int(thr))
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    ceiling = gemm_ceiling(threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="probda-bench-") as tmp:
+        for name in args.configs.split(","):
+            print(f"[{name}] exporting and measuring...", file=sys.stderr, flush=True)
+            rows.append(bench_config(name.strip(), args, threads, Path(tmp)))
+    report(rows, ceiling, args, threads)
+
+
+if __name__ == "__main__":
+    main()

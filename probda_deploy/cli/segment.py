@@ -1,0 +1,127 @@
+"""`probda segment MODEL -i INPUT... -o OUT_DIR`: batch segmentation with onnxruntime.
+
+Works without torch for export folders; a `.pt` checkpoint is exported on the
+fly (this needs torch) into a cache keyed by its sha256 and reused after that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import Device, err, handle_errors, make_progress, out, setup_logging
+
+HELP = "Segment images with an exported model (NAME.probda folder) or a probda checkpoint (.pt)."
+
+
+def segment(
+    model: Annotated[Path, typer.Argument(help="Export folder NAME.probda, or a probda checkpoint .pt (exported on the fly, cached).")],
+    more: Annotated[Optional[list[str]], typer.Argument(help="More inputs (files, folders, globs), e.g. from shell globbing.", show_default=False)] = None,
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Image files, folders or glob patterns (repeatable).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "--out", "-o", help="Output folder (required).")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", "-k", min=1, help="Prior samples K (default: the model's, 16).")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels; 0 = never tile (default: tile images with a side > 1536 px).")] = None,
+    halo: Annotated[Optional[int], typer.Option(min=0, help="Context around each tile (default: the network's receptive field).")] = None,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda (onnxruntime execution provider).")] = Device.auto,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime intra-op threads (default: physical cores).")] = None,
+    outputs: Annotated[str, typer.Option(help="Comma-separated subset of mask,prob,consensus,std,labels.")] = "mask,prob,consensus,std",
+    threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Mask threshold on the mean probability (default 0.5).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the latent draws (combined with each file name).")] = 0,
+    normalize: Annotated[str, typer.Option(help="Standardisation: image (whole image), tile, or none.")] = "image",
+    resume: Annotated[bool, typer.Option("--resume", help="Skip images whose outputs all exist.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
+) -> None:
+    """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif)."""
+    setup_logging(quiet)
+    from ..runtime.segment import parse_outputs, segment_files
+
+    from ..errors import ConfigError
+
+    parse_outputs(outputs)
+    inputs = [*(inputs or []), *(more or [])]
+    if not inputs:
+        raise ConfigError("no inputs; give image files, folders or globs with -i (or after MODEL)")
+    if output is None:
+        raise ConfigError("no output folder; give one with -o OUT_DIR")
+    folder, note = _resolve_model(model, quiet=quiet)
+    tile_arg = "auto" if tile is None else (None if tile == 0 else tile)
+    with make_progress(quiet) as progress:
+        files = progress.add_task("segment", total=None, info="")
+        tiles = None
+
+        def on_start(total: int) -> None:
+            progress.update(files, total=total)
+
+        def on_file(result) -> None:
+            nonlocal tiles
+            if result.status == "failed":
+                err.print(f"[bold red]error:[/] {result.error}", markup=True, highlight=False, soft_wrap=True)
+            if progress.tasks[files].total is not None:
+                progress.update(files, advance=1, info=Path(result.path).name)
+            if tiles is not None:
+                progress.update(tiles, visible=False)
+                tiles = None
+
+        def on_tile(done: int, total: int) -> None:
+            nonlocal tiles
+            if tiles is None:
+                tiles = progress.add_task("  tiles", total=total, info="")
+            progress.update(tiles, completed=done, total=total)
+
+        report = segment_files(
+            folder, inputs, output, samples=samples, tile=tile_arg, halo=halo, device=device.value, threads=threads,
+            outputs=outputs, threshold=threshold, seed=seed, resume=resume, overwrite=overwrite, normalize=normalize,
+            on_start=on_start, on_file=on_file, on_tile=on_tile,
+        )
+    _summary(report, note)
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+def _resolve_model(model: Path, *, quiet: bool) -> tuple[Path, str]:
+    """Export folder for MODEL; checkpoints go through the export cache (needs torch)."""
+    from ..errors import RuntimeModelError
+
+    if model.suffix == ".pt" or model.is_file():
+        if not model.is_file():
+            raise RuntimeModelError(f"{model}: no such checkpoint file")
+        try:
+            from ..exporters.cache import cached_export
+        except ImportError as e:
+            raise RuntimeModelError(
+                f"{model}: running a checkpoint needs PyTorch ({e}); export it where torch is installed "
+                f"(`probda export {model} --format onnx`) and segment with the NAME.probda folder"
+            ) from None
+        if not quiet:
+            err.print(f"[dim]preparing ONNX export of {model} (cached by its sha256)...[/]")
+        folder, reused = cached_export(model)
+        how = "reused cached export" if reused else "exported on the fly to cache"
+        return folder, f"checkpoint {model}: {how} {folder}"
+    return model, ""
+
+
+def _summary(report, note: str) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("model", f"{report.model} ({report.kind}, K={report.samples})")
+    if note:
+        table.add_row("source", note)
+    table.add_row("files", f"{report.done} segmented, {report.skipped} skipped (resume), {len(report.failed)} failed")
+    table.add_row("outputs", str(report.out_dir))
+    table.add_row("device", f"{report.device} -> provider {', '.join(report.providers)}")
+    if report.provider_note:
+        table.add_row("warning", f"[yellow]{report.provider_note}[/]")
+    table.add_row("speed", f"{report.images_per_second:.2f} images/s ({report.seconds:.1f} s total)")
+    out.print(table)
+    for r in report.failed:
+        out.print(f"[red]failed:[/] {r.path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("segment", help=HELP)(handle_errors(segment))

@@ -1,0 +1,124 @@
+"""In-memory random patch sampling for training and fixed patches for validation.
+
+Sampling is a pure function of the generator passed in, so a training step's
+batch depends only on (seed, iteration): exact resume needs no data state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .io import read_image, read_label
+from .normalize import standardize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSet:
+    """Raw float32 (H, W) images, optional binary labels and their source names."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray] | None
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def split(self, val_fraction: float, rng: np.random.Generator) -> tuple["ImageSet", "ImageSet"]:
+        """Hold out whole images (at least one when there are two or more)."""
+        n = len(self)
+        if n < 2 or val_fraction <= 0:
+            log.warning("only %d image(s): validating on the training images", n)
+            return self, self
+        n_val = min(n - 1, max(1, int(round(n * val_fraction))))
+        order = rng.permutation(n)
+        return self.subset(order[n_val:]), self.subset(order[:n_val])
+
+    def subset(self, idx) -> "ImageSet":
+        idx = [int(i) for i in idx]
+        labels = None if self.labels is None else [self.labels[i] for i in idx]
+        return ImageSet([self.images[i] for i in idx], labels, [self.names[i] for i in idx])
+
+
+def load_image_set(pairs_or_files: list, *, labeled: bool) -> ImageSet:
+    """Read (image, label) pairs or image files; 3D stacks contribute each slice."""
+    images, labels, names = [], [], []
+    for item in pairs_or_files:
+        img_path, lab_path = (item if labeled else (item, None))
+        img = read_image(img_path)
+        lab = read_label(lab_path, shape=img.shape, image_path=img_path) if labeled else None
+        slices = [img] if img.ndim == 2 else list(img)
+        lab_slices = [lab] if lab is None or lab.ndim == 2 else list(lab)
+        for z, s in enumerate(slices):
+            images.append(s)
+            names.append(Path(img_path).name + (f"[{z}]" if img.ndim == 3 else ""))
+            if labeled:
+                labels.append(lab_slices[z])
+    return ImageSet(images, labels if labeled else None, names)
+
+
+def _crop(arr: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
+    pad_y, pad_x = max(0, size - arr.shape[0]), max(0, size - arr.shape[1])
+    if pad_y or pad_x:
+        mode = "reflect" if pad_y < arr.shape[0] and pad_x < arr.shape[1] else "edge"
+        arr = np.pad(arr, ((0, pad_y), (0, pad_x)), mode=mode)
+    return arr[y : y + size, x : x + size]
+
+
+class PatchSampler:
+    """Random patches (B, 1, P, P), standardised per patch (METHOD.md section 2).
+
+    Args:
+        data: images (and labels for supervised sampling).
+        patch_size: P; must be a multiple of the model's size multiple.
+        min_foreground: reject patches with a smaller label foreground fraction
+            (up to `max_tries` draws, then accept).
+    """
+
+    def __init__(self, data: ImageSet, patch_size: int, *, min_foreground: float = 0.0, max_tries: int = 10):
+        if len(data) == 0:
+            raise ConfigError("no images to sample patches from")
+        self.data, self.size = data, patch_size
+        self.min_fg, self.max_tries = min_foreground, max_tries
+        areas = np.array([im.size for im in data.images], dtype=np.float64)
+        self.p = areas / areas.sum()
+
+    def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        for _ in range(self.max_tries):
+            i = int(rng.choice(len(self.p), p=self.p))
+            img = self.data.images[i]
+            y = int(rng.integers(max(1, img.shape[0] - self.size + 1)))
+            x = int(rng.integers(max(1, img.shape[1] - self.size + 1)))
+            lab = None if self.data.labels is None else _crop(self.data.labels[i], y, x, self.size)
+            if lab is None or self.min_fg <= 0 or lab.mean() >= self.min_fg:
+                break
+        return standardize(_crop(img, y, x, self.size)), lab
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(x, y): (B, 1, P, P) float32 each; y is None for unlabeled data."""
+        pairs = [self._one(rng) for _ in range(batch_size)]
+        x = np.stack([p[0] for p in pairs])[:, None]
+        y = None if pairs[0][1] is None else np.stack([p[1] for p in pairs])[:, None].astype(np.float32)
+        return x, y
+
+
+def grid_patches(data: ImageSet, patch_size: int, *, max_patches: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Deterministic non-overlapping patches covering the images (for validation)."""
+    xs, ys = [], []
+    for i, img in enumerate(data.images):
+        h, w = img.shape
+        for y0 in range(0, max(1, h - patch_size + 1), patch_size):
+            for x0 in range(0, max(1, w - patch_size + 1), patch_size):
+                xs.append(standardize(_crop(img, y0, x0, patch_size)))
+                if data.labels is not None:
+                    ys.append(_crop(data.labels[i], y0, x0, patch_size))
+    idx = np.linspace(0, len(xs) - 1, num=min(max_patches, len(xs))).round().astype(int)
+    x = np.stack([xs[i] for i in idx])[:, None]
+    y = None if not ys else np.stack([ys[i] for i in idx])[:, None].astype(np.float32)
+    return x, y

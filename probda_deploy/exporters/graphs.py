@@ -1,0 +1,131 @@
+"""The torch modules that become the exported graphs, and the hand-built prior head.
+
+Graphs of a PUNet export (all with dynamic batch, height and width):
+    encoder.onnx     image (B, 1, H, W) -> features (B, C, H, W)
+    prior.onnx       image (B, 1, H, W) -> prior_features (B, Cp, H/s, W/s), the prior
+                     net's trunk before its global mean (s = 2**(depth-1)); the runtime
+                     sums the map over each tile's own cells, so the mean tiles exactly
+    prior_head.onnx  pooled (B, Cp) -> mu, log_sigma (B, L): the 1x1 conv as a Gemm
+    decoder.onnx     features (B, C, H, W), z (K, B, L) -> prob, consensus, std (B, 1, H, W)
+                     and probs (K, B, 1, H, W)
+A UNet export is one graph, model.onnx: image -> prob (B, 1, H, W).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+
+class EncoderGraph(nn.Module):
+    """image (B, 1, H, W), H and W multiples of 2**(depth-1) -> UNet features (B, C, H, W)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.unet = model.unet
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.unet(image)
+
+
+class PriorTrunkGraph(nn.Module):
+    """image (B, 1, H, W) -> prior trunk map (B, Cp, H/s, W/s), before the global mean."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.prior = model.prior
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.prior.trunk(image)
+
+
+class DecoderGraph(nn.Module):
+    """fcomb for K latents with the first conv split and the reductions fused.
+
+    W [F; z] + b = W_F F + (W_z z + b): W_F F is one conv over the features,
+    each sample adds a per-channel bias; only the remaining 1x1 convs run K times.
+    """
+
+    def __init__(self, model: nn.Module, *, rule: str, high: float, low: float):
+        super().__init__()
+        w_f, w_z, b = (t.detach().clone() for t in model.fcomb.split_first())
+        self.w_f = nn.Parameter(w_f[:, :, None, None], requires_grad=False)
+        self.w_z = nn.Parameter(w_z, requires_grad=False)
+        self.b = nn.Parameter(b, requires_grad=False)
+        self.fcomb = model.fcomb
+        self.rule, self.high, self.low = rule, float(high), float(low)
+
+    def forward(self, features: torch.Tensor, z: torch.Tensor):
+        base = F.conv2d(features, self.w_f)  # (B, C, H, W), once for all samples
+        bias = z @ self.w_z.T + self.b  # (K, B, C)
+        pre = base.unsqueeze(0) + bias[..., None, None]  # (K, B, C, H, W)
+        k, b = z.shape[0], z.shape[1]
+        logits = self.fcomb.tail(pre.flatten(0, 1))  # (K*B, 1, H, W)
+        probs = torch.sigmoid(logits).reshape(k, b, *logits.shape[1:])
+        mean = probs.mean(dim=0)
+        std = torch.sqrt(((probs - mean.unsqueeze(0)) ** 2).mean(dim=0))
+        # float masks: onnxruntime has no Where kernel for bool operands
+        hi, lo = (probs >= self.high).to(probs.dtype), (probs <= self.low).to(probs.dtype)
+        hits = torch.maximum(hi, lo) if self.rule == "confident" else torch.where(mean.unsqueeze(0) >= 0.5, hi, lo)
+        consensus = hits.mean(dim=0)
+        return mean, consensus, std, probs
+
+
+class UNetGraph(nn.Module):
+    """Plain UNet: image (B, 1, H, W) -> foreground probability (B, 1, H, W)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.unet, self.last_layer = model.unet, model.last_layer
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.last_layer(self.unet(image)))
+
+
+def write_prior_head(conv: nn.Conv2d, latent_dim: int, path: Path, *, opset: int) -> None:
+    """The prior's 1x1 conv on pooled features as a Gemm: pooled (B, Cp) -> mu, log_sigma (B, L).
+
+    Built directly with onnx.helper: it is one affine map, and building it takes
+    milliseconds where a traced export takes seconds.
+    """
+    weight = conv.weight.detach().cpu().numpy()[:, :, 0, 0].astype(np.float32)  # (2L, Cp)
+    bias = conv.bias.detach().cpu().numpy().astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["pooled", "head_weight", "head_bias"], ["params"], transB=1),
+        helper.make_node("Split", ["params", "split_sizes"], ["mu", "log_sigma"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "prior_head",
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", weight.shape[1]])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", latent_dim]) for n in ("mu", "log_sigma")],
+        initializer=[
+            numpy_helper.from_array(weight, "head_weight"),
+            numpy_helper.from_array(bias, "head_bias"),
+            numpy_helper.from_array(np.array([latent_dim, latent_dim], np.int64), "split_sizes"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="probda")
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def receptive_radius(depth: int, convs_per_block: int) -> tuple[int, int]:
+    """Upper bounds of the receptive-field radius (input pixels) of the UNet and the prior trunk.
+
+    conv3x3 at level j adds 2**j; a 2x2 average pool from level j adds 2**j; a
+    bilinear x2 upsampling into level j adds 2**(j+1).
+
+    Returns:
+        (unet_radius, prior_trunk_radius).
+    """
+    down = sum(convs_per_block * 2**j for j in range(depth)) + sum(2**j for j in range(depth - 1))
+    up = sum(2 ** (j + 1) + convs_per_block * 2**j for j in range(depth - 1))
+    return down + up, down

@@ -1,0 +1,112 @@
+"""A deterministic single-graph PUNet for the bioimage.io model zoo.
+
+The zoo runs one graph per weights format: image -> (mean foreground
+probability, consensus, std). The K noise draws eps_k ~ N(0, I) are drawn
+once from a seeded generator and stored as a constant buffer, so every runtime
+(onnxruntime, TorchScript) reproduces the package's test outputs exactly.
+
+Inside the graph (METHOD.md sections 1 and 3):
+    F = unet(x) once, (mu, log_sigma) = prior(x) once,
+    z_k = mu + exp(log_sigma) * eps_k,
+    logits_k = fcomb_tail(W_F F + W_z z_k + b)   (algebraic split of the first 1x1 conv),
+    s_k = sigmoid(logits_k); mean, consensus, std over k.
+
+The same K draws are used for every batch item (a baked constant cannot depend
+on the dynamic batch size); for B = 1 this equals `PUNet.sample_logits` with
+`eps[:, None, :]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ExportError
+from ..models.consensus import CONSENSUS_RULES
+from ..models.punet import PUNet
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    """Consensus settings baked into the graph (METHOD.md section 3)."""
+
+    rule: str = "agree"
+    upper: float = 0.9
+    lower: float = 0.1
+
+
+def draw_eps(samples: int, latent_dim: int, *, seed: int) -> torch.Tensor:
+    """Seeded standard-normal draws (K, L) float32 from torch's CPU generator."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(samples, latent_dim, generator=gen, dtype=torch.float32)
+
+
+class ZooGraph(nn.Module):
+    """(B, C_in, H, W) standardised image -> mean, consensus, std, each (B, classes, H, W).
+
+    H and W should be multiples of `size_multiple` (2**(depth-1)); other sizes
+    are reflect-padded at the bottom/right inside the graph and cropped back.
+    """
+
+    def __init__(self, model: PUNet, *, samples: int = 16, seed: int = 0, consensus: ConsensusConfig = ConsensusConfig()):
+        super().__init__()
+        if not isinstance(model, PUNet):
+            raise ExportError(f"bioimage.io export needs a PUNet, got {type(model).__name__}; export UNets as ONNX instead")
+        if samples < 2:
+            raise ExportError(f"samples={samples}: need at least 2 samples for consensus and std; use --samples 16")
+        if consensus.rule not in CONSENSUS_RULES:
+            raise ExportError(f"consensus rule '{consensus.rule}' unknown; choose one of {', '.join(CONSENSUS_RULES)}")
+        self.unet = model.unet
+        self.prior = model.prior
+        self.fcomb = model.fcomb
+        self.size_multiple = model.config.size_multiple
+        self.agree = consensus.rule == "agree"
+        if not 0.0 <= consensus.lower < consensus.upper <= 1.0:
+            raise ExportError(f"consensus thresholds lower={consensus.lower}, upper={consensus.upper}: need 0 <= lower < upper <= 1")
+        self.upper = float(consensus.upper)
+        self.lower = float(consensus.lower)
+        self.register_buffer("eps", draw_eps(samples, model.config.latent_dim, seed=seed))
+        w_f, w_z, b = (t.detach().clone() for t in model.fcomb.split_first())
+        self.register_buffer("w_f", w_f[:, :, None, None].contiguous())
+        self.register_buffer("w_z_t", w_z.T.contiguous())
+        self.register_buffer("b_first", b.contiguous())
+
+    def sample_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) padded image -> sigmoid samples (K, B, classes, H, W)."""
+        feats = self.unet(x)
+        mu, log_sigma = self.prior(x)
+        z = mu[None] + torch.exp(log_sigma)[None] * self.eps[:, None, :]  # (K, B, L)
+        base = F.conv2d(feats, self.w_f)  # (B, C, H, W)
+        bias = torch.matmul(z, self.w_z_t) + self.b_first  # (K, B, C)
+        pre = base[None] + bias[:, :, :, None, None]  # (K, B, C, H, W)
+        k, b = pre.shape[0], pre.shape[1]
+        logits = self.fcomb.tail(pre.flatten(0, 1))
+        return torch.sigmoid(logits.unflatten(0, (k, b)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.size_multiple
+        ph, pw = (m - h % m) % m, (m - w % m) % m
+        xp = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        s = self.sample_probs(xp)[..., :h, :w]
+        mean = s.mean(dim=0)
+        std = torch.sqrt(torch.clamp(((s - mean[None]) ** 2).mean(dim=0), min=0.0))
+        # float arithmetic, not boolean Where/Or: onnxruntime lacks Where on bool
+        hi = (s >= self.upper).to(s.dtype)
+        lo = (s <= self.lower).to(s.dtype)
+        if self.agree:
+            fg = (mean >= 0.5).to(s.dtype)[None]
+            hit = fg * hi + (1.0 - fg) * lo
+        else:
+            hit = torch.clamp(hi + lo, max=1.0)
+        consensus = hit.mean(dim=0)
+        return mean, consensus, std
+
+
+def reference_outputs(model: PUNet, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Mean sigmoid of `PUNet.sample_logits` for eps (K, L) shared by every batch item: (B, classes, H, W)."""
+    eps_kbl = eps[:, None, :].expand(-1, x.shape[0], -1)
+    return torch.sigmoid(model.sample_logits(x, eps=eps_kbl)).mean(dim=0)

@@ -1,0 +1,1 @@
+"""Losses, the shared training loop, source training and adaptation strategies."""

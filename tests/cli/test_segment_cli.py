@@ -1,0 +1,120 @@
+"""`probda segment`: CLI summary, bad files, checkpoints, and a run with torch blocked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from probda_deploy.cli.app import app
+
+runner = CliRunner()
+
+
+def _shared(factory, variant="punet-small"):
+    """Tiny model checkpoint + cached export, shared with tests/runtime (same session folder)."""
+    import torch
+
+    from probda_deploy.exporters import cached_export
+    from probda_deploy.models import build_model
+    from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint
+
+    ckpt = factory.getbasetemp() / "probda_shared" / f"{variant}.pt"
+    if not ckpt.exists():
+        torch.manual_seed(0)
+        model = build_model(variant, initial_features=8, depth=3)
+        save_checkpoint(make_checkpoint(model, provenance={"torch_version": str(torch.__version__)}), ckpt)
+    return ckpt, cached_export(ckpt, samples=8)[0]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return _shared(tmp_path_factory)
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(src / f"{name}.tif", (rng.random((36, 41)) * 255).astype(np.uint8))
+    return src
+
+
+def test_segment_export_folder(shared, images, tmp_path):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(out), "-k", "3", "--outputs", "mask,prob,labels", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "2 segmented, 0 skipped (resume), 0 failed" in res.output
+    assert "provider CPUExecutionProvider" in res.output and "images/s" in res.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_{k}.tif" for n in "ab" for k in ("mask", "prob", "labels"))
+
+
+def test_positional_inputs_and_bad_file(shared, images, tmp_path):
+    (images / "bad.tif").write_bytes(b"junk")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", str(shared[1]), str(images / "a.tif"), str(images / "bad.tif"), "-o", str(out), "-q"])
+    assert res.exit_code == 1
+    assert "bad.tif: not a readable image" in res.output
+    assert "1 segmented, 0 skipped (resume), 1 failed" in res.output
+    assert (out / "a_mask.tif").exists() and not (out / "bad_mask.tif").exists()
+
+
+def test_existing_outputs_and_resume(shared, images, tmp_path):
+    args = ["segment", str(shared[1]), "-i", str(images), "-o", str(tmp_path / "out"), "-k", "2", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "--resume to skip finished images" in res.output
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0 and "0 segmented, 2 skipped" in res.output
+
+
+def test_segment_with_a_checkpoint_uses_the_export_cache(shared, images, tmp_path):
+    res = runner.invoke(app, ["segment", str(shared[0]), "-i", str(images / "a.tif"), "-o", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "reused cached export" in res.output.replace("\n", " ")
+
+
+def test_usage_errors(shared, tmp_path):
+    res = runner.invoke(app, ["segment", str(shared[1]), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "no inputs" in res.output
+    res = runner.invoke(app, ["segment", str(tmp_path / "nothing.probda"), "-i", "x.tif", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "not an export folder" in res.output
+
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys
+
+    class _NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked for this test")
+            return None
+
+    sys.meta_path.insert(0, _NoTorch())
+    """
+)
+
+
+def test_segment_runs_with_torch_blocked(shared, images, tmp_path):
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(BLOCK_TORCH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])}
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert check.returncode != 0 and "torch is blocked" in check.stderr
+    cmd = [sys.executable, "-m", "probda_deploy.cli.app", "segment", str(shared[1]), "-i", str(images / "a.tif"), "-o", str(tmp_path / "out"), "-q"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert tifffile.imread(tmp_path / "out" / "a_prob.tif").shape == (36, 41)
+    cmd[4] = str(shared[0])  # a checkpoint needs torch: one clear line
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "running a checkpoint needs PyTorch" in run.stderr

@@ -1,0 +1,31 @@
+import numpy as np
+
+from probda_deploy.data.augment import STRONG, WEAK, flip_rotate, robust_intensity
+from probda_deploy.data.patches import ImageSet, PatchSampler
+
+
+def test_flip_rotate_keeps_image_label_aligned(rng):
+    x = rng.normal(size=(4, 1, 16, 16)).astype(np.float32)
+    y = (x > 0.5).astype(np.float32)
+    xa, ya = flip_rotate(rng, x, y)
+    assert np.array_equal(ya, (xa > 0.5).astype(np.float32))
+
+
+def test_views_are_standardised_and_differ(rng):
+    x = rng.normal(size=(8, 1, 32, 32)).astype(np.float32)
+    for aug in (WEAK, STRONG, robust_intensity):
+        v = aug(rng, x)
+        assert v.shape == x.shape and np.allclose(v.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+        assert np.allclose(v.std(axis=(1, 2, 3)), 1, atol=1e-3)
+    assert not np.allclose(STRONG(rng, x), x)
+
+
+def test_min_foreground_sampler_rejects_empty_patches(rng):
+    img = rng.normal(size=(64, 64)).astype(np.float32)
+    lab = np.zeros((64, 64), np.float32)
+    lab[:16, :16] = 1
+    data = ImageSet([img], [lab], ["a"])
+    _, y = PatchSampler(data, 16, min_foreground=0.5, max_tries=200).sample(rng, 8)
+    assert (y.mean(axis=(1, 2, 3)) >= 0.5).all()
+    x, _ = PatchSampler(data, 16).sample(rng, 8)
+    assert np.allclose(x.mean(axis=(1, 2, 3)), 0, atol=1e-4)  # per-patch standardisation

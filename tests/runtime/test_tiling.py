@@ -1,0 +1,88 @@
+"""Tiling geometry and the seam test: tiled == untiled (1e-4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probda_deploy.runtime import OnnxSampler, plan_tiles
+from probda_deploy.runtime import sampler as sampler_module
+from probda_deploy.runtime.tiling import image_stats, read_window
+
+
+def test_cores_partition_the_padded_image_and_windows_align():
+    tiles = plan_tiles((70, 83), multiple=4, tile=30, halo=10)
+    cover = np.zeros((72, 84), int)
+    for t in tiles:
+        y0, y1, x0, x1 = t.core
+        cover[y0:y1, x0:x1] += 1
+        wy0, wy1, wx0, wx1 = t.window
+        assert all(v % 4 == 0 for v in (*t.core, *t.window))
+        assert wy0 <= y0 and wy1 >= y1 and 0 <= wy0 and wy1 <= 72 and wx1 <= 84
+        assert (y0 - wy0 >= 12 or wy0 == 0) and (wy1 - y1 >= 12 or wy1 == 72)
+    assert np.all(cover == 1)
+    assert plan_tiles((70, 83), multiple=4, tile=None, halo=10) == plan_tiles((70, 83), multiple=4, tile=0, halo=3)
+
+
+@pytest.mark.parametrize("shape", [(13, 18), (3, 2)])
+def test_read_window_pads_like_the_network(shape):
+    img = np.random.default_rng(0).random(shape).astype(np.float32)
+    ph, pw = (-shape[0]) % 4, (-shape[1]) % 4
+    mode = "reflect" if ph < shape[0] and pw < shape[1] else "edge"
+    full = np.pad(img, ((0, ph), (0, pw)), mode=mode)
+    np.testing.assert_array_equal(read_window(img, (0, full.shape[0], 0, full.shape[1]), multiple=4), full)
+    np.testing.assert_array_equal(read_window(img, (full.shape[0] - 4, full.shape[0], 0, 4), multiple=4), full[-4:, :4])
+
+
+def test_image_stats_in_row_blocks():
+    img = np.random.default_rng(1).uniform(100, 200, (101, 37)).astype(np.float32)
+    mean, std = image_stats(img, rows=10)
+    assert mean == pytest.approx(float(img.mean(dtype=np.float64)), rel=1e-9)
+    assert std == pytest.approx(float(img.std(dtype=np.float64)), rel=1e-7)
+
+
+def test_tiled_equals_untiled(punet_export, blobs):
+    sampler = OnnxSampler(punet_export, device="cpu")
+    assert sampler.manifest["model"]["config"]["align_corners"] is False
+    img = blobs((150, 133)) * 300 + 1000
+    eps = np.random.default_rng(2).standard_normal((6, 6)).astype(np.float32)
+    calls = []
+    whole = sampler.predict(img, eps=eps, tile=None)
+    tiled = sampler.predict(img, eps=eps, tile=48, on_tile=lambda d, n: calls.append((d, n)))
+    assert calls and calls[-1][1] == 2 * 12, "4 x 3 tiles, prior pass + decoder pass"
+    for key in ("prob", "consensus", "std"):
+        np.testing.assert_allclose(tiled[key], whole[key], atol=1e-4, err_msg=key)
+    assert whole["std"].max() > 1e-3
+
+
+def test_image_smaller_than_a_tile(punet_export, blobs):
+    sampler = OnnxSampler(punet_export, device="cpu")
+    img = blobs((19, 26), seed=3)
+    eps = np.random.default_rng(4).standard_normal((3, 6)).astype(np.float32)
+    small = sampler.predict(img, eps=eps, tile=256, halo=64)
+    whole = sampler.predict(img, eps=eps, tile=None)
+    assert small["prob"].shape == (19, 26)
+    np.testing.assert_allclose(small["prob"], whole["prob"], atol=1e-6)
+
+
+def test_decoder_chunks_do_not_change_the_result(punet_export, monkeypatch, blobs):
+    sampler = OnnxSampler(punet_export, device="cpu")
+    img = blobs((40, 52), seed=5)
+    whole = sampler.predict(img, k=4, seed=1, tile=None)
+    monkeypatch.setattr(sampler_module, "CHUNK_BYTES", 4 * 4 * 8 * 52 * 3)  # 3 rows per decoder call
+    runs = []
+    original = sampler._sessions["decoder"].run
+    monkeypatch.setattr(sampler._sessions["decoder"], "run", lambda *a, **k: runs.append(1) or original(*a, **k), raising=False)
+    chunked = sampler.predict(img, k=4, seed=1, tile=None)
+    assert len(runs) == 14
+    for key in whole:
+        np.testing.assert_allclose(chunked[key], whole[key], atol=1e-6)
+
+
+def test_per_tile_normalisation_is_an_option(punet_export, blobs):
+    sampler = OnnxSampler(punet_export, device="cpu")
+    img = np.linspace(0, 1, 96 * 96, dtype=np.float32).reshape(96, 96) + blobs((96, 96))
+    a = sampler.predict(img, k=2, seed=0, tile=32, normalize="tile")
+    b = sampler.predict(img, k=2, seed=0, tile=32, normalize="image")
+    assert a["prob"].shape == b["prob"].shape and not np.allclose(a["prob"], b["prob"])
