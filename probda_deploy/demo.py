@@ -14,7 +14,7 @@ from .training.source import train_source
 log = logging.getLogger(__name__)
 
 # Sized for 2 CPU cores: ~1 s per training step of the small PUNet at 128 px.
-DEMO_TRAIN = TrainConfig(model="punet-small", iterations=150, batch_size=4, patch_size=128, lr=1e-3,
+DEMO_TRAIN = TrainConfig(model="punet-small", iterations=100, batch_size=4, patch_size=128, lr=1e-3,
                          val_every=50, val_fraction=0.15, augment="robust")
 
 

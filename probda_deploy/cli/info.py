@@ -49,9 +49,19 @@ def describe_export(folder: Path) -> None:
 
 def info(
     path: Annotated[Path, typer.Argument(help="A checkpoint (.pt), a run folder, or an export folder (NAME.probda).")],
+    plot: Annotated[bool, typer.Option("--plot", help="Run folders: render loss and validation curves to RUN_DIR/training_curves.png.")] = False,
 ) -> None:
     """Show model, configuration, metrics and provenance."""
     from ..errors import ProbdaError
+
+    if plot:
+        if not path.is_dir():
+            raise ProbdaError(f"{path}: not a run folder; --plot needs a folder with metrics.jsonl")
+        from ..report.curves import plot_training_curves
+
+        out.print(f"training curves: {plot_training_curves(path)}")
+        if not any((path / name).exists() for name in ("best.pt", "latest.pt", "manifest.json")):
+            return None
 
     if path.is_dir() and (path / "manifest.json").exists():
         return describe_export(path)

@@ -102,6 +102,7 @@ def train_source(images: Path, labels: Path | None, *, run_dir: Path, config: Tr
                                   augment=cfg.augment, reconstruction=cfg.reconstruction, val_samples=cfg.val_samples)
     loop = LoopConfig(iterations=cfg.iterations, lr=cfg.lr, val_every=cfg.val_every, seed=cfg.seed)
     extra = {"train_config": asdict(cfg),
+             "data_stats": {"foreground_fraction": float(np.mean([lab.mean() for lab in train.labels]))},
              "provenance": {**(provenance or {}), "images": str(images), "labels": str(labels),
                             "train_images": train.names, "val_images": val.names}}
     return fit(strategy, loop, run_dir=run_dir, device=device, resume=resume, extra=extra, on_progress=on_progress)

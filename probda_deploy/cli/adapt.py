@@ -1,0 +1,98 @@
+"""`probda adapt`: self-training adaptation of a source model to unlabeled target images."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import Device, err, handle_errors, new_run_dir, out, resolve_device, setup_logging
+
+
+class StrategyName(str, Enum):
+    mean_teacher = "mean-teacher"
+    fixmatch = "fixmatch"
+
+
+class FilterName(str, Enum):
+    masking = "masking"
+    weighting = "weighting"
+    none = "none"
+
+
+class ConsensusRule(str, Enum):
+    agree = "agree"
+    confident = "confident"
+
+
+class SelectOn(str, Enum):
+    pseudo = "pseudo"
+    labels = "labels"
+
+
+def adapt(
+    source: Annotated[Path, typer.Argument(help="Source model checkpoint (.pt) from `probda train` or `probda import`.")],
+    target: Annotated[Path, typer.Option("-t", "--target", help="Folder (or glob) of unlabeled target images.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run folder; default ./runs/adapt-<timestamp>/.")] = None,
+    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (EMA teacher, two weak views) | fixmatch (weak -> strong view).")] = StrategyName.mean_teacher,
+    joint: Annotated[bool, typer.Option("--joint", help="Joint training with labeled source batches (AdaMT / AdaMatch).")] = False,
+    source_images: Annotated[Optional[Path], typer.Option("--source-images", help="Labeled source images (for --joint).")] = None,
+    source_labels: Annotated[Optional[Path], typer.Option("--source-labels", help="Source labels folder (for --joint).")] = None,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="With --joint: start from random weights instead of SOURCE's.")] = False,
+    filter_: Annotated[FilterName, typer.Option("--filter", help="Pseudo-label filter: masking (all samples agree), weighting (fraction), none.")] = FilterName.masking,
+    consensus: Annotated[ConsensusRule, typer.Option("--consensus", help="agree (confident and agreeing with the pseudo-label) | confident (reference code).")] = ConsensusRule.agree,
+    samples: Annotated[int, typer.Option("--samples", help="PUNet prior samples per pseudo-label (paper: 16).")] = 16,
+    upper: Annotated[float, typer.Option("--upper", help="Confident-foreground threshold.")] = 0.9,
+    lower: Annotated[float, typer.Option("--lower", help="Confident-background threshold.")] = 0.1,
+    iterations: Annotated[int, typer.Option("--iterations", help="Total iterations (paper: 10000 on a GPU).")] = 1000,
+    patch_size: Annotated[int, typer.Option("--patch-size")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="(paper: 2)")] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 1e-4,
+    ema: Annotated[float, typer.Option("--ema", help="Teacher EMA momentum (paper: 0.999 over 10k steps; 0.99 keeps the same horizon over 1k).")] = 0.99,
+    distribution_alignment: Annotated[bool, typer.Option("--distribution-alignment", help="FixMatch: match the target foreground fraction to the source model's.")] = False,
+    target_labels: Annotated[Optional[Path], typer.Option("--target-labels", help="Target labels: also log true dice on held-out target images.")] = None,
+    select_on: Annotated[SelectOn, typer.Option("--select-on", help="best.pt by teacher-student agreement (pseudo) or, with --target-labels, true dice (labels).")] = SelectOn.pseudo,
+    val_every: Annotated[int, typer.Option("--val-every")] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest.pt.")] = False,
+    device: Annotated[Device, typer.Option("--device")] = Device.auto,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Adapt SOURCE to unlabeled TARGET images by consensus-filtered self-training."""
+    setup_logging(quiet)
+    from ..errors import ConfigError
+    from ..training.adapt import adapt as run_adapt
+    from ..training.adaptation import AdaptConfig
+
+    if select_on is SelectOn.labels and target_labels is None:
+        raise ConfigError("--select-on labels needs --target-labels")
+    if resume and output is None:
+        raise ConfigError("--resume needs -o/--output pointing at the run to continue")
+    cfg = AdaptConfig(strategy=strategy.value, joint=joint, filter=filter_.value, consensus=consensus.value,
+                      samples=samples, upper=upper, lower=lower, iterations=iterations, batch_size=batch_size,
+                      patch_size=patch_size, lr=lr, ema=ema, distribution_alignment=distribution_alignment,
+                      val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed)
+    run_dir = new_run_dir("adapt", output)
+    dev = resolve_device(device)
+    err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  device: {dev}")
+    from .progress import training_progress
+
+    with training_progress(f"adapt ({cfg.name})", cfg.iterations, quiet=quiet) as cb:
+        result = run_adapt(source, target, run_dir=run_dir, config=cfg, target_labels=target_labels,
+                           source_images=source_images, source_labels=source_labels, device=dev, resume=resume,
+                           provenance={"command": " ".join(sys.argv)}, on_progress=cb)
+    m = result.last_metrics
+    summary = f"agreement {m.get('val_agreement', float('nan')):.3f}"
+    if "val_dice" in m:
+        summary += f", target val dice {m['val_dice']:.3f}"
+    out.print(f"[green]done[/]: {cfg.name} ({cfg.filter}) {result.iterations} iterations in {result.seconds:.0f}s on {result.device}; {summary}")
+    deployed = "EMA teacher" if cfg.strategy == "mean-teacher" else "model"
+    out.print(f"checkpoints (deploy the {deployed}): {run_dir / 'best.pt'}, {run_dir / 'latest.pt'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("adapt")(handle_errors(adapt))

@@ -1,0 +1,346 @@
+"""Evaluate a model on labeled images: per-image dice (hard, soft), IoU, foreground, consensus.
+
+    report = evaluate_model("run/best.pt", "target/images", "target/labels", samples=16)
+    write_eval(report, "eval/")            # per_image.csv + summary.json
+    write_report(report, "eval/report")    # probda_deploy.report: HTML with panels
+
+MODEL is a probda checkpoint (.pt, PUNet or UNet, evaluated with torch), an
+export folder `NAME.probda` (evaluated with onnxruntime, the same latent draws
+as `probda segment`), or a torch module. A file that cannot be read becomes one
+entry of `report.failed` and the others are still evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .data.io import list_images, read_image, read_label
+from .data.pairs import match_labels
+from .errors import ConfigError, LabelMatchError, ProbdaError
+from .metrics import image_metrics
+from .report.calibration import CalibrationBins
+
+log = logging.getLogger(__name__)
+
+ROW_FIELDS = ("name", "dice_hard", "dice_soft", "iou", "foreground_pred", "foreground_true", "mean_consensus")
+METRICS = ROW_FIELDS[1:]
+
+
+def summary_key(metric: str) -> str:
+    """Key of a per-image metric's mean in the summary: dice_hard -> mean_dice_hard, mean_consensus stays."""
+    return metric if metric.startswith("mean_") else f"mean_{metric}"
+Predictor = Callable[[np.ndarray, str], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """Metrics of one image; label-based values are None without labels."""
+
+    name: str
+    dice_hard: float | None
+    dice_soft: float | None
+    iou: float | None
+    foreground_pred: float
+    foreground_true: float | None
+    mean_consensus: float
+    image: str = ""
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ImageMaps:
+    """What the picture panels need for one image (middle slice of stacks); (H, W) float32 each."""
+
+    image: np.ndarray
+    prob: np.ndarray
+    consensus: np.ndarray
+    std: np.ndarray
+    label: np.ndarray | None = None
+
+
+@dataclass
+class EvalReport:
+    """Result of `evaluate_model`.
+
+    Attributes:
+        rows: one ImageRow per evaluated image, in input order.
+        failed: (file, error message) of images that could not be evaluated.
+        maps: ImageMaps of the kept images (worst and best few by hard dice) by name.
+        calibration: pixel histograms over all images (labels only).
+    """
+
+    model: str
+    kind: str
+    device: str
+    provider: str
+    samples: int
+    seed: int
+    threshold: float
+    rows: list[ImageRow] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    maps: dict[str, ImageMaps] = field(default_factory=dict)
+    calibration: CalibrationBins = field(default_factory=CalibrationBins)
+    seconds: float = 0.0
+
+    @property
+    def has_labels(self) -> bool:
+        return any(r.dice_hard is not None for r in self.rows)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Means over images plus run facts (the content of summary.json)."""
+        means = {}
+        for key in METRICS:
+            vals = [getattr(r, key) for r in self.rows if getattr(r, key) is not None]
+            means[summary_key(key)] = float(np.mean(vals)) if vals else None
+        return {
+            **means,
+            "n_images": len(self.rows),
+            "n_failed": len(self.failed),
+            "failed": [{"file": f, "error": e} for f, e in self.failed],
+            "model": self.model,
+            "kind": self.kind,
+            "samples": self.samples,
+            "seed": self.seed,
+            "threshold": self.threshold,
+            "device": self.device,
+            "provider": self.provider,
+            "seconds": round(self.seconds, 3),
+            "calibration": self.calibration.to_dict() if self.has_labels else None,
+        }
+
+    def row(self, name: str) -> ImageRow | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+
+def evaluate_model(
+    model: Any,
+    images: str | Path | list[str | Path],
+    labels: str | Path | None = None,
+    *,
+    samples: int = 16,
+    seed: int = 0,
+    device: str = "auto",
+    threshold: float = 0.5,
+    keep: int = 6,
+    keep_names: Iterable[str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_image: Callable[[str, ImageRow | None, str], None] | None = None,
+) -> EvalReport:
+    """Predict every image and compare with its label.
+
+    Args:
+        model: checkpoint path (.pt), export folder (NAME.probda), or a PUNet/UNet module.
+        images: image files, folders or globs.
+        labels: labels folder (paired by file stem, see data.pairs); None: predictions only
+            (label-based metrics are None).
+        samples: K prior samples per image (1 for UNets).
+        seed: seed of the latent draws.
+        device: auto, cpu or cuda.
+        threshold: on the mean probability for the hard mask.
+        keep: keep the panel maps of this many images (worst half, best half by hard dice;
+            the first ones without labels).
+        keep_names: also keep the maps of these image names (e.g. another report's kept ones).
+        on_start: called with the number of images.
+        on_image: called per image as (name, row or None, error message).
+
+    Returns:
+        The EvalReport.
+
+    Raises:
+        ConfigError: bad option values; ProbdaError: unusable model or no images.
+    """
+    if samples < 1:
+        raise ConfigError(f"--samples {samples}: need at least 1 sample")
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
+    t0 = time.perf_counter()
+    pairs, failed = _pairs(images, labels)
+    predict, info = load_predictor(model, samples=samples, seed=seed, device=device)
+    report = EvalReport(samples=samples if info["kind"] != "unet" else 1, seed=seed, threshold=threshold, **info)
+    report.failed.extend(failed)
+    for f, e in failed:
+        on_image and on_image(Path(f).name, None, e)
+    on_start and on_start(len(pairs) + len(failed))
+    pinned = set(keep_names or ())
+    for img_path, lab_path in pairs:
+        try:
+            row, maps = _evaluate_one(predict, img_path, lab_path, threshold, report.calibration)
+        except ProbdaError as e:
+            report.failed.append((str(img_path), str(e)))
+            on_image and on_image(img_path.name, None, str(e))
+            continue
+        report.rows.append(row)
+        report.maps[row.name] = maps
+        _prune_maps(report, keep, pinned)
+        on_image and on_image(row.name, row, "")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _pairs(images, labels) -> tuple[list[tuple[Path, Path | None]], list[tuple[str, str]]]:
+    """(image, label) pairs; images without a usable label become failures, not a crash."""
+    if labels is None:
+        return [(p, None) for p in list_images(images)], []
+    try:
+        return list(match_labels(images, labels)), []
+    except LabelMatchError:
+        pass
+    pairs, failed = [], []
+    for img in list_images(images):
+        try:
+            pairs += match_labels([img], labels)
+        except LabelMatchError as e:
+            failed.append((str(img), str(e)))
+    return pairs, failed
+
+
+def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, threshold: float,
+                  calib: CalibrationBins) -> tuple[ImageRow, ImageMaps]:
+    image = read_image(img_path)
+    label = None if lab_path is None else read_label(lab_path, shape=image.shape, image_path=img_path)
+    slices = image[None] if image.ndim == 2 else image
+    per = [predict(s, img_path.name if image.ndim == 2 else f"{img_path.name}:{z}") for z, s in enumerate(slices)]
+    maps = {key: np.stack([m[key] for m in per]).astype(np.float32) for key in ("prob", "consensus", "std")}
+    fg_pred = float((maps["prob"] >= threshold).mean())
+    values: dict[str, Any] = {"foreground_pred": fg_pred, "mean_consensus": float(maps["consensus"].mean())}
+    if label is None:
+        values.update(dice_hard=None, dice_soft=None, iou=None, foreground_true=None)
+    else:
+        lab = label[None] if label.ndim == 2 else label
+        metrics = image_metrics(maps["prob"], lab, threshold)
+        values.update({k: metrics[k] for k in ("dice_hard", "dice_soft", "iou", "foreground_true")})
+        calib.update(maps["prob"], maps["consensus"], lab, threshold=threshold)
+    row = ImageRow(name=img_path.name, image=str(img_path), label="" if lab_path is None else str(lab_path), **values)
+    z = len(slices) // 2
+    kept = ImageMaps(image=slices[z], prob=maps["prob"][z], consensus=maps["consensus"][z], std=maps["std"][z],
+                     label=None if label is None else (label[None] if label.ndim == 2 else label)[z])
+    return row, kept
+
+
+def _prune_maps(report: EvalReport, keep: int, pinned: set[str]) -> None:
+    """Keep maps of the worst ceil(keep/2) and best floor(keep/2) images (+ pinned names)."""
+    free = [n for n in report.maps if n not in pinned]
+    if len(free) <= keep:
+        return
+    if not report.has_labels:
+        drop = free[keep:]
+    else:
+        score = {r.name: (r.dice_hard if r.dice_hard is not None else math.inf) for r in report.rows}
+        order = sorted(free, key=lambda n: score[n])
+        n_worst = (keep + 1) // 2
+        retain = set(order[:n_worst]) | set(order[len(order) - (keep - n_worst):] if keep - n_worst else [])
+        drop = [n for n in free if n not in retain]
+    for name in drop:
+        del report.maps[name]
+
+
+# --------------------------------------------------------------------------- models
+def load_predictor(model: Any, *, samples: int, seed: int, device: str) -> tuple[Predictor, dict[str, str]]:
+    """A function (image (H, W) float32, name) -> {"prob", "consensus", "std"} and facts about it.
+
+    Returns:
+        (predict, {"model", "kind", "device", "provider"}).
+
+    Raises:
+        CheckpointError, RuntimeModelError: unusable model path.
+    """
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.is_dir():
+            return _onnx_predictor(path, samples=samples, seed=seed, device=device)
+        if not path.exists():
+            from .errors import CheckpointError
+
+            raise CheckpointError(f"{path}: no such checkpoint file or export folder")
+        from .models.checkpoint import model_from_checkpoint
+
+        return _torch_predictor(model_from_checkpoint(path), str(path), samples=samples, seed=seed, device=device)
+    return _torch_predictor(model, type(model).__name__, samples=samples, seed=seed, device=device)
+
+
+def _torch_predictor(module, name: str, *, samples: int, seed: int, device: str):
+    import torch
+
+    from .models.predict import predict_maps
+    from .runtime.sampler import latent_eps
+
+    dev = device
+    if device == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        log.warning("device cuda requested but no CUDA GPU is available to torch; using cpu")
+        dev = "cpu"
+    module = module.to(dev).eval()
+    kind = "punet" if hasattr(module, "sample_logits") else "unet"
+
+    latent = getattr(getattr(module, "config", None), "latent_dim", None) if kind == "punet" else None
+
+    def predict(image: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        eps = None
+        if latent:  # the same draws as the ONNX runtime and `probda segment`
+            base, _, z = name.partition(":")
+            eps = latent_eps(seed, base, samples, latent, int(z or 0))[:, None, :]
+        return predict_maps(module, image, k=samples, eps=eps, seed=seed, device=dev)
+
+    return predict, {"model": name, "kind": kind, "device": dev, "provider": f"torch {torch.__version__}"}
+
+
+def _onnx_predictor(folder: Path, *, samples: int, seed: int, device: str):
+    from .runtime.sampler import OnnxSampler, latent_eps
+
+    sampler = OnnxSampler(folder, device=device)
+
+    def predict(image: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        if sampler.kind == "unet":
+            return sampler.predict(image)
+        base, _, z = name.partition(":")
+        eps = latent_eps(seed, base, samples, sampler.latent_dim, int(z or 0))
+        return sampler.predict(image, eps=eps)
+
+    provider = ", ".join(sampler.providers)
+    dev = "cuda" if any("CUDA" in p for p in sampler.providers) else "cpu"
+    return predict, {"model": str(folder), "kind": sampler.kind, "device": dev, "provider": f"onnxruntime {provider}"}
+
+
+# --------------------------------------------------------------------------- files
+def write_eval(report: EvalReport, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `out_dir/per_image.csv` and `out_dir/summary.json` (atomically).
+
+    Returns:
+        (csv path, json path).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*ROW_FIELDS, "image", "label"], lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+    csv_path = _write_text(out_dir / "per_image.csv", buf.getvalue())
+    json_path = _write_text(out_dir / "summary.json", json.dumps(report.summary, indent=2) + "\n")
+    return csv_path, json_path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

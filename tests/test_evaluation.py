@@ -1,0 +1,123 @@
+"""evaluate_model / write_eval: metrics of a model with known output, bad files, kept maps, no labels, ONNX."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from probda_deploy import metrics
+from probda_deploy.data.io import read_image, read_label
+from probda_deploy.data.normalize import standardize
+from probda_deploy.data.synthetic import write_dataset
+from probda_deploy.errors import CheckpointError, ConfigError
+from probda_deploy.evaluation import ROW_FIELDS, evaluate_model, write_eval
+
+
+class ThresholdNet(torch.nn.Module):
+    """A "UNet" whose output is known: logits +10 where the standardised image is > 0, else -10."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, 10.0, -10.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("eval"), n_images=3, shape=(48, 48), domain="target", seed=3)
+
+
+def test_metrics_of_a_known_model(data):
+    images, labels = data
+    report = evaluate_model(ThresholdNet(), images, labels, samples=4, device="cpu")
+    assert report.kind == "unet" and report.samples == 1 and not report.failed
+    assert [r.name for r in report.rows] == ["img_000.tif", "img_001.tif", "img_002.tif"]
+    accuracy = []
+    for row in report.rows:
+        image, label = read_image(images / row.name), read_label(labels / row.name)
+        pred = (standardize(image) > 0).astype(np.float32)
+        assert row.dice_hard == pytest.approx(metrics.dice_hard(pred, label))
+        assert row.iou == pytest.approx(metrics.iou(pred, label))
+        assert row.dice_soft == pytest.approx(metrics.dice_soft(pred, label), abs=1e-3)
+        assert row.foreground_pred == pytest.approx(pred.mean())
+        assert row.foreground_true == pytest.approx(label.mean())
+        assert row.mean_consensus == 1.0  # sigmoid(+-10) is beyond both thresholds
+        accuracy.append((pred == label).mean())
+    s = report.summary
+    assert s["mean_dice_hard"] == pytest.approx(np.mean([r.dice_hard for r in report.rows]))
+    assert s["n_images"] == 3 and s["mean_consensus"] == 1.0
+    rate = s["calibration"]["error_rate_per_consensus_bin"]
+    assert rate[:9] == [None] * 9 and rate[9] == pytest.approx(1 - np.mean(accuracy))
+
+
+def test_write_eval_files_match_report(data, tmp_path):
+    report = evaluate_model(ThresholdNet(), *data, device="cpu")
+    csv_path, json_path = write_eval(report, tmp_path / "out")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0])[: len(ROW_FIELDS)] == list(ROW_FIELDS)
+    for row, r in zip(rows, report.rows):
+        assert row["name"] == r.name and float(row["dice_hard"]) == pytest.approx(r.dice_hard, rel=1e-12)
+    summary = json.loads(json_path.read_text())
+    for key in ("mean_dice_hard", "mean_dice_soft", "mean_iou", "n_images", "mean_consensus"):
+        assert summary[key] == report.summary[key]
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def test_bad_files_are_reported_and_the_rest_evaluated(data, tmp_path):
+    images, labels = write_dataset(tmp_path, n_images=3, shape=(48, 48))
+    (images / "broken.tif").write_bytes(b"not a tiff at all")
+    (labels / "broken.tif").write_bytes(b"x")
+    (images / "nolabel.tif").write_bytes((images / "img_000.tif").read_bytes())
+    report = evaluate_model(ThresholdNet(), images, labels, device="cpu")
+    assert [r.name for r in report.rows] == ["img_000.tif", "img_001.tif", "img_002.tif"]
+    errors = dict(report.failed)
+    assert set(errors) == {str(images / "broken.tif"), str(images / "nolabel.tif")}
+    assert "not a readable image" in errors[str(images / "broken.tif")]
+    assert "no label file found" in errors[str(images / "nolabel.tif")]
+    assert report.summary["n_failed"] == 2
+
+
+def test_maps_kept_for_worst_and_best_only(tmp_path):
+    images, labels = write_dataset(tmp_path, n_images=5, shape=(48, 48), domain="target", seed=5)
+    report = evaluate_model(ThresholdNet(), images, labels, device="cpu", keep=2, keep_names=["img_002.tif"])
+    by_dice = sorted(report.rows, key=lambda r: r.dice_hard)
+    assert set(report.maps) == {by_dice[0].name, by_dice[-1].name, "img_002.tif"}
+    m = report.maps[by_dice[0].name]
+    assert m.image.shape == m.prob.shape == m.consensus.shape == m.std.shape == m.label.shape == (48, 48)
+
+
+def test_without_labels_predictions_only(data):
+    report = evaluate_model(ThresholdNet(), data[0], None, device="cpu", keep=1)
+    assert all(r.dice_hard is None and r.foreground_true is None for r in report.rows)
+    s = report.summary
+    assert s["mean_dice_hard"] is None and s["calibration"] is None and s["mean_foreground_pred"] > 0
+    assert list(report.maps) == ["img_000.tif"] and report.maps["img_000.tif"].label is None
+
+
+def test_bad_options_and_models(data, tmp_path):
+    with pytest.raises(ConfigError, match="--samples 0"):
+        evaluate_model(ThresholdNet(), *data, samples=0)
+    with pytest.raises(CheckpointError, match="missing.pt: no such checkpoint"):
+        evaluate_model(tmp_path / "missing.pt", *data)
+
+
+def test_export_folder_matches_checkpoint(data, tmp_path_factory):
+    """The ONNX runtime path uses the same latent draws: same numbers as the checkpoint."""
+    from probda_deploy.exporters import cached_export
+    from probda_deploy.models import build_model
+    from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint
+
+    ckpt = tmp_path_factory.getbasetemp() / "probda_shared" / "punet-small.pt"
+    if not ckpt.exists():  # same tiny model as tests/runtime and tests/cli: one export per session
+        torch.manual_seed(0)
+        model = build_model("punet-small", initial_features=8, depth=3)
+        save_checkpoint(make_checkpoint(model, provenance={"torch_version": str(torch.__version__)}), ckpt)
+    folder = cached_export(ckpt, samples=8)[0]
+    a = evaluate_model(ckpt, *data, samples=4, device="cpu")
+    b = evaluate_model(folder, *data, samples=4, device="cpu")
+    assert a.kind == b.kind == "punet" and b.provider.startswith("onnxruntime")
+    for ra, rb in zip(a.rows, b.rows):
+        assert rb.dice_soft == pytest.approx(ra.dice_soft, abs=1e-4)
+        assert rb.mean_consensus == pytest.approx(ra.mean_consensus, abs=1e-3)

@@ -1,0 +1,101 @@
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from probda_deploy.errors import ConfigError
+from probda_deploy.models.checkpoint import load_checkpoint
+from probda_deploy.training.adapt import adapt
+from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
+from probda_deploy.training.pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels
+from probda_deploy.data.patches import ImageSet, PatchSampler
+
+CFG = AdaptConfig(iterations=4, batch_size=2, patch_size=32, samples=4, val_every=2, lr=1e-3, seed=5)
+
+
+def test_ema_update_arithmetic(tiny_punet):
+    teacher, student = copy.deepcopy(tiny_punet), copy.deepcopy(tiny_punet)
+    for p in student.parameters():
+        p.data.add_(1.0)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 0.9)
+    for k, v in teacher.state_dict().items():
+        torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * student.state_dict()[k])
+
+
+def test_distribution_alignment_arithmetic():
+    y = torch.tensor([0.2, 0.4, 0.9])
+    out = align_distribution(y, source_fraction=0.3, target_fraction=0.15)
+    torch.testing.assert_close(out, torch.tensor([0.4, 0.8, 1.0]))
+
+
+def test_pseudo_labels_are_sample_mean_and_masking_weights(tiny_punet):
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    cfg = PseudoLabelConfig(samples=6, filter="masking")
+    torch.manual_seed(1)
+    y, w, c = pseudo_labels(tiny_punet, x, cfg)
+    torch.manual_seed(1)
+    samples = torch.sigmoid(tiny_punet.sample_logits(x, k=6))
+    torch.testing.assert_close(y, samples.mean(0))
+    assert torch.equal(w, (c == 1).float())
+
+
+def test_bad_options_are_clear():
+    with pytest.raises(ConfigError, match="unknown consensus rule"):
+        PseudoLabelConfig(rule="majority")
+    with pytest.raises(ConfigError, match="thresholds"):
+        PseudoLabelConfig(upper=0.4)
+    with pytest.raises(ConfigError, match="needs labeled source data"):
+        _strategy(None, replace(CFG, joint=True))
+
+
+def _strategy(model, cfg, source=None):
+    rng = np.random.default_rng(0)
+    imgs = [rng.normal(size=(40, 40)).astype(np.float32) for _ in range(2)]
+    target = PatchSampler(ImageSet(imgs, None, ["a", "b"]), 32)
+    val = {"x": rng.normal(size=(2, 1, 32, 32)).astype(np.float32), "y": None}
+    return SelfTrainingStrategy(model, cfg, target, val, source=source)
+
+
+def test_fixmatch_trains_on_the_strong_view_only(tiny_punet):
+    strat = _strategy(tiny_punet, replace(CFG, strategy="fixmatch"))
+    assert strat.teacher is None
+    batch = strat.sample_batch(np.random.default_rng(0))
+    assert not np.allclose(batch["x_teacher"], batch["x_student"])
+    seen = []
+    hook = tiny_punet.posterior.register_forward_hook(lambda m, inp, out: seen.append(inp[0][:, :1].clone()))
+    tb = {k: torch.from_numpy(v) for k, v in batch.items()}
+    strat.step(tb)
+    hook.remove()
+    # the only gradient-carrying pass (posterior runs in the ELBO only) sees the strong view
+    assert len(seen) == 1 and torch.equal(seen[0], tb["x_student"])
+
+
+def test_joint_loss_is_mean_of_source_and_target(tiny_punet):
+    rng = np.random.default_rng(0)
+    src = ImageSet([rng.normal(size=(40, 40)).astype(np.float32)], [(rng.random((40, 40)) > 0.7).astype(np.float32)], ["s"])
+    strat = _strategy(tiny_punet, replace(CFG, joint=True), source=PatchSampler(src, 32))
+    batch = {k: torch.from_numpy(v) for k, v in strat.sample_batch(rng).items()}
+    torch.manual_seed(3)
+    loss, logs = strat.step(batch)
+    # same RNG stream: target pseudo-labels, target ELBO, source ELBO
+    expected = (logs["source_loss"] + logs["target_loss"]) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mean_teacher_saves_teacher_and_resume_is_exact(tiny_checkpoint, target_data, tmp_path):
+    images, labels = target_data
+    full = adapt(tiny_checkpoint, images, run_dir=tmp_path / "full", config=CFG, target_labels=labels)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=replace(CFG, iterations=2), target_labels=labels)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=CFG, target_labels=labels, resume=True)
+    a, b = load_checkpoint(tmp_path / "full" / "latest.pt"), load_checkpoint(tmp_path / "split" / "latest.pt")
+    for key in ("state_dict", "teacher_state_dict"):
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=0)
+    assert a["strategy"] == "mean-teacher" and a["provenance"]["source_sha256"]
+    assert {"val_agreement", "val_dice"} <= set(full.last_metrics)
+    # teacher differs from the student (EMA) and from the source
+    assert any(not torch.equal(a["state_dict"][k], a["teacher_state_dict"][k]) for k in a["state_dict"])
