@@ -48,6 +48,10 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def say(msg: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
 def best_time(fn, repeats: int) -> float:
     fn()  # warm-up (session arenas, oneDNN primitives)
     times = []
@@ -150,12 +154,15 @@ def bench_config(name: str, args, threads: int, workdir: Path) -> dict:
     res = {"config": name, "filters": model.config.filters, "export_s": time.perf_counter() - t0}
     sampler = OnnxSampler(folder, device="cpu", threads=threads)
     img = image(args.size)
+    say(f"exported in {res['export_s']:.0f} s; runtime sampler")
     for k in (1, 4, 16, 32):
         res[f"ort_k{k}"] = best_time(lambda: sampler.predict(img, k=k, seed=0, tile=None), args.repeats)
+    say("naive K full runs")
     for k in (4, 16):
         if k <= args.naive_max_k:
             reps = 1 if name == "paper" else args.repeats
             res[f"naive_k{k}"] = best_time(lambda: [sampler.predict(img, k=1, seed=i, tile=None) for i in range(k)], reps)
+    say("torch eager")
     x = torch.from_numpy((img - img.mean()) / (img.std() + 1e-7))[None, None]
     eps = torch.randn(16, 1, model.config.latent_dim)
     res["torch_k16"] = best_time(torch_sampler(model, x, eps), args.repeats)
@@ -163,6 +170,7 @@ def bench_config(name: str, args, threads: int, workdir: Path) -> dict:
     model_cl.load_state_dict(model.state_dict())
     res["torch_cl_k16"] = best_time(torch_sampler(model_cl, x, eps, channels_last=True), args.repeats)
     if not args.no_compile:
+        say("torch.compile")
         try:
             compiled = torch.compile(model.sample_logits)
             t0 = time.perf_counter()
@@ -176,6 +184,7 @@ def bench_config(name: str, args, threads: int, workdir: Path) -> dict:
             res["torch_compile_k16"] = best_time(torch_sampler(Wrap, x, eps), args.repeats)
         except Exception as e:  # inductor needs a C++ toolchain; report and go on
             res["compile_error"] = f"{type(e).__name__}: {str(e)[:80]}"
+    say("encoder FLOPs and peak RSS")
     s = model.config.size_multiple
     xp = torch.zeros(1, 1, -(-args.size // s) * s, -(-args.size // s) * s)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():

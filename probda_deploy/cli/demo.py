@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -19,15 +18,14 @@ def demo(
     device: Annotated[Device, typer.Option("--device")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Generate synthetic data and run the pipeline end to end (a few minutes on 2 CPU cores)."""
-    setup_logging(quiet)
+    """Synthetic data -> train -> adapt -> export ONNX -> segment -> bioimage.io -> report (~6-10 min on 2 CPU cores)."""
+    setup_logging(quiet=True)
     from ..demo import run_demo
 
     dev = resolve_device(device)
     err.print(f"demo folder: [bold]{output}[/]  device: {dev}")
     t0 = time.perf_counter()
-    with ExitStack() as stack:
-        progress = stack.enter_context(make_progress(quiet))
+    with make_progress(quiet) as progress:
 
         def factory(description: str, total: int):
             task = progress.add_task(description, total=total, info="")
@@ -37,16 +35,22 @@ def demo(
                 progress.update(task, completed=it, info=f"loss {logs.get('loss', 0):.4f}{val}")
             return cb
 
-        result = run_demo(output, seed=seed, device=dev, progress=factory)
-    table = Table(title=f"probda demo ({time.perf_counter() - t0:.0f}s, device {dev})", title_justify="left")
+        def stage(name: str) -> None:
+            if not quiet:
+                progress.console.print(f"[bold cyan]>[/] {name}")
+
+        result = run_demo(output, seed=seed, device=dev, progress=factory, stage=stage)
+    table = Table(title=f"probda demo: {time.perf_counter() - t0:.0f}s on {dev} "
+                        f"(stages: {', '.join(f'{k} {v:.0f}s' for k, v in result.timings.items())})", title_justify="left")
     table.add_column("result")
     table.add_column("value")
     for what, value in result.rows:
         table.add_row(what, value)
+    table.add_row("onnxruntime providers used", result.provider)
     out.print(table)
-    arts = Table(title="artifacts", title_justify="left")
+    arts = Table(title="artifacts written", title_justify="left")
     arts.add_column("what")
-    arts.add_column("path")
+    arts.add_column("path", overflow="fold")
     for what, path in result.artifacts:
         arts.add_row(what, str(path))
     out.print(arts)
