@@ -32,7 +32,11 @@ class DomainStyle:
 
 DOMAINS = {
     "source": DomainStyle(),
-    "target": DomainStyle(blur=2.0, noise=0.1, background=0.3, contrast=0.5, gradient=0.4, brightness=(0.25, 1.0), texture=0.3),
+    # a new microscope: blurrier, noisier, lower contrast, dimmer objects, a mild illumination ramp
+    "target": DomainStyle(blur=2.0, noise=0.1, background=0.3, contrast=0.5, gradient=0.1, brightness=(0.25, 1.0), texture=0.3),
+    # as "target" with a strong illumination gradient: the bright side's background outshines the dim
+    # side's objects, and source models are confidently wrong there (consensus cannot filter that out)
+    "target-gradient": DomainStyle(blur=2.0, noise=0.1, background=0.3, contrast=0.5, gradient=0.4, brightness=(0.25, 1.0), texture=0.3),
 }
 
 
@@ -85,6 +89,8 @@ def write_dataset(out_dir: str | Path, *, n_images: int = 20, shape: tuple[int, 
     """
     out = Path(out_dir)
     style = DOMAINS[domain]
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown synthetic domain '{domain}'; choose one of {', '.join(DOMAINS)}")
     rng = np.random.default_rng([seed, 0 if domain == "source" else 1])
     img_dir, lab_dir = out / "images", out / "labels"
     for i in range(n_images):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import contextlib
+import io
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -109,12 +111,28 @@ def validate_package(path: str | Path, *, weight_format: str | None = None, devi
 
     t0 = time.perf_counter()
     try:
-        vs = test_model(path, weight_format=weight_format, devices=devices)
+        with _quiet_onnxruntime():
+            vs = test_model(path, weight_format=weight_format, devices=devices)
     except Exception as e:  # bioimageio raises for unreadable sources
         raise ZooValidationError(f"{path}: bioimageio.core could not load the package ({type(e).__name__}: {str(e)[:300]})") from None
     summary = _summarize(path, vs, time.perf_counter() - t0)
     log.info("%s: bioimageio test %s %s (%.1fs)", path, summary.status, summary.formats, summary.seconds)
     return summary
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """bioimageio.core asks onnxruntime for every available provider; without CUDA libraries
+    onnxruntime-gpu logs load errors and prints fallback notices. The CPU fallback is what runs,
+    which the summary reports, so the noise is dropped."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 def require_passed(summary: ZooSummary) -> ZooSummary:

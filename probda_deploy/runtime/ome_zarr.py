@@ -127,7 +127,7 @@ def create_output(path: Path, layout: ZarrLayout, *, metadata: dict) -> None:
         if layout.channels:
             root.create_array(str(lvl), shape=(len(layout.channels), *shape), chunks=(1, *lead, c, c), dtype="float32", fill_value=0.0)
     image_attrs = {
-        "multiscales": _multiscales(layout, Path(str(path).removesuffix(PARTIAL)).name, channel_axis=True),
+        "multiscales": _multiscales(layout, Path(str(path).removesuffix(PARTIAL)).name.removesuffix(SUFFIX), channel_axis=True),
         "omero": {"channels": [{"label": n, "active": True, "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}} for n in layout.channels]},
     }
     if layout.channels:

@@ -1,0 +1,210 @@
+"""OME-Zarr output of large images: equality with the in-memory tiled result, NGFF metadata, resume, chunked inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from probda_deploy.errors import ConfigError, ImageReadError
+from probda_deploy.runtime import OnnxSampler, latent_eps
+from probda_deploy.runtime import ome_zarr as oz
+from probda_deploy.runtime.blockwise import SamplerRef, register_sampler, segment_to_zarr, settings_for
+from probda_deploy.runtime.chunked import open_image
+from probda_deploy.runtime.scale import segment_scaled
+from probda_deploy.runtime.segment import segment_image
+
+
+def synthetic(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """A cheap, position-defined image: discs on a lattice plus hashed noise (float32)."""
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    discs = (((yy % 97) - 48) ** 2 + ((xx % 83) - 41) ** 2 < 400).astype(np.float32)
+    noise = ((yy * 7919 + xx * 104729) % 1009).astype(np.float32) / 1009.0
+    return discs + 0.3 * noise
+
+
+def write_input(path: Path, shape: tuple[int, int], chunk: int = 1024) -> Path:
+    """A zarr array filled chunk by chunk: the whole image is never in memory."""
+    arr = zarr.open_array(str(path), mode="w", shape=shape, chunks=(chunk, chunk), dtype="float32")
+    for y in range(0, shape[0], chunk):
+        for x in range(0, shape[1], chunk):
+            ys, xs = np.arange(y, min(y + chunk, shape[0])), np.arange(x, min(x + chunk, shape[1]))
+            arr[y : y + len(ys), x : x + len(xs)] = synthetic(ys, xs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sampler(punet_export):
+    return OnnxSampler(punet_export, device="cpu")
+
+
+def _run(sampler, src, out, *, tile, seed=0, k=4, ngff="0.4", resume=False, on_block=None):
+    ref = SamplerRef(str(sampler.folder), "cpu", None)
+    register_sampler(sampler, ref)
+    settings = settings_for(sampler, samples=k, seed=seed, tile=tile, halo=None, normalize="image", threshold=0.5,
+                            outputs=("mask", "prob", "consensus", "std"), ngff=ngff)
+    return segment_to_zarr(ref, src, out, settings=settings, resume=resume, on_block=on_block)
+
+
+def _check_ngff(out: Path, shape, levels, ngff="0.4"):
+    root = zarr.open_group(str(out), mode="r")
+    attrs = dict(root.attrs)
+    if ngff == "0.5":
+        assert attrs["ome"]["version"] == "0.5"
+        attrs = attrs["ome"]
+    ms = attrs["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"] and ms["axes"][0]["type"] == "channel"
+    assert [d["path"] for d in ms["datasets"]] == [str(i) for i in range(levels)]
+    for i, d in enumerate(ms["datasets"]):
+        assert d["coordinateTransformations"] == [{"type": "scale", "scale": [1.0, 2.0**i, 2.0**i]}]
+        assert root[str(i)].shape == (3, -(-shape[0] // 2**i), -(-shape[1] // 2**i))
+    assert [c["label"] for c in attrs["omero"]["channels"]] == ["prob", "consensus", "std"]
+    mask_group = root["labels/mask"]
+    mask_attrs = dict(mask_group.attrs).get("ome", dict(mask_group.attrs))
+    assert mask_attrs["image-label"]["source"]["image"] == "../../"
+    return root
+
+
+def test_tiled_zarr_equals_in_memory(sampler, tmp_path):
+    shape = (1024, 776)
+    src = write_input(tmp_path / "big.zarr", shape, chunk=512)
+    out = tmp_path / "big.ome.zarr"
+    info = _run(sampler, src, out, tile=384, seed=5)
+    assert info["blocks"] == 9 and info["written"] == 9 and not oz.partial_path(out).exists()
+    root = _check_ngff(out, shape, info["levels"])
+    assert root["0"].chunks == (1, 384, 384) and root["1"].chunks == (1, 192, 192)
+    image = np.asarray(open_image(src)[:])
+    ref = sampler.predict(image, eps=latent_eps(5, "big.zarr", 4, sampler.latent_dim), tile=384)
+    level0 = root["0"][:]
+    for i, name in enumerate(("prob", "consensus", "std")):
+        np.testing.assert_array_equal(level0[i], ref[name])
+    np.testing.assert_array_equal(root["labels/mask/0"][:], (ref["prob"] >= 0.5).astype(np.uint8))
+    # level 1 is the 2x2 mean of level 0 (edge-padded), mask is nearest
+    np.testing.assert_allclose(root["1"][0], oz._halve_mean(ref["prob"][None])[0], atol=1e-6)
+    np.testing.assert_array_equal(root["labels/mask/1"][:], root["labels/mask/0"][::2, ::2])
+    assert dict(root.attrs)["probda"]["settings"]["seed"] == 5 and not (out / oz.MARKERS).exists()
+
+
+def test_ome_zarr_library_reads_output(sampler, tmp_path):
+    reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    tifffile.imwrite(tmp_path / "img.tif", synthetic(np.arange(300), np.arange(280)))
+    out = tmp_path / "img.ome.zarr"
+    _run(sampler, tmp_path / "img.tif", out, tile=128)
+    nodes = list(reader.Reader(parse_url(str(out)))())
+    image = nodes[0]
+    assert [a["name"] for a in image.metadata["axes"]] == ["c", "y", "x"]
+    assert image.data[0].shape == (3, 300, 280) and len(image.data) == 2
+    mask = [n for n in nodes if n.metadata.get("name") == "mask"][0]
+    assert mask.data[0].shape == (300, 280) and mask.data[0].dtype == np.uint8
+
+
+def test_ngff_05_zarr_v3(sampler, tmp_path):
+    tifffile.imwrite(tmp_path / "v3.tif", synthetic(np.arange(200), np.arange(260)))
+    out = tmp_path / "v3.ome.zarr"
+    info = _run(sampler, tmp_path / "v3.tif", out, tile=None, ngff="0.5")
+    assert json.loads((out / "zarr.json").read_text())["zarr_format"] == 3
+    _check_ngff(out, (200, 260), info["levels"], ngff="0.5")
+
+
+def test_stack_matches_segment_image(sampler, tmp_path):
+    stack = np.stack([synthetic(np.arange(120) + 30 * z, np.arange(100)) for z in range(2)])
+    tifffile.imwrite(tmp_path / "st.tif", stack, compression="zlib", tile=(64, 64))
+    out = tmp_path / "st.ome.zarr"
+    _run(sampler, tmp_path / "st.tif", out, tile=64, seed=2)
+    root = zarr.open_group(str(out), mode="r")
+    assert root["0"].shape == (3, 2, 120, 100)
+    ref = segment_image(sampler, stack, name="st.tif", k=4, seed=2, tile=64, outputs=("prob", "std"))
+    np.testing.assert_array_equal(root["0"][0], ref["prob"])
+    np.testing.assert_array_equal(root["0"][2], ref["std"])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_redoes_only_missing_blocks(sampler, tmp_path):
+    src = write_input(tmp_path / "r.zarr", (512, 480), chunk=256)
+    full = tmp_path / "full" / "r.ome.zarr"
+    _run(sampler, src, full, tile=128, seed=1)
+    out = tmp_path / "cut" / "r.ome.zarr"
+
+    def kill_after_5(done, total):
+        if done == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _run(sampler, src, out, tile=128, seed=1, on_block=kill_after_5)
+    partial = oz.partial_path(out)
+    assert partial.is_dir() and not out.exists() and len(oz.done_blocks(partial)) == 5
+    with pytest.raises(ConfigError, match="other settings"):
+        _run(sampler, src, out, tile=128, seed=2, resume=True)
+    info = _run(sampler, src, out, tile=128, seed=1, resume=True)
+    assert info["written"] == info["blocks"] - 5 == 16 - 5
+    a, b = zarr.open_group(str(full), mode="r"), zarr.open_group(str(out), mode="r")
+    for lvl in range(info["levels"]):
+        np.testing.assert_array_equal(a[str(lvl)][:], b[str(lvl)][:])
+        np.testing.assert_array_equal(a[f"labels/mask/{lvl}"][:], b[f"labels/mask/{lvl}"][:])
+
+
+def test_chunked_inputs(tmp_path):
+    img = synthetic(np.arange(130), np.arange(150))
+    tifffile.imwrite(tmp_path / "plain.tif", img)
+    tifffile.imwrite(tmp_path / "tiled.tif", img, tile=(64, 64), compression="zlib")
+    assert isinstance(open_image(tmp_path / "plain.tif"), np.memmap)
+    np.testing.assert_array_equal(open_image(tmp_path / "tiled.tif")[10:70, 20:90], img[10:70, 20:90])
+    z = zarr.open_array(str(tmp_path / "t.zarr"), mode="w", shape=(1, 1, 130, 150), chunks=(1, 1, 64, 64), dtype="float32")
+    z[0, 0] = img
+    view = open_image(tmp_path / "t.zarr")
+    assert view.shape == (130, 150)
+    np.testing.assert_array_equal(view[5:9, 7:11], img[5:9, 7:11])
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(ImageReadError, match="grayscale"):
+        open_image(tmp_path / "rgb.tif")
+    with pytest.raises(ImageReadError, match="no such file"):
+        open_image(tmp_path / "missing.zarr")
+
+
+def test_auto_format_and_labels(sampler, tmp_path, monkeypatch):
+    import probda_deploy.runtime.scale as scale
+
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "small.tif", synthetic(np.arange(60), np.arange(64)))
+    tifffile.imwrite(src / "large.tif", synthetic(np.arange(90), np.arange(100)))
+    monkeypatch.setattr(scale, "ZARR_AUTO_PIXELS", 5000)
+    report = segment_scaled(sampler, src, tmp_path / "out", samples=2, outputs="mask,prob,labels")
+    assert report.formats == {str(src / "large.tif"): "ome-zarr", str(src / "small.tif"): "tif"}
+    assert (tmp_path / "out" / "large.ome.zarr").is_dir() and (tmp_path / "out" / "small_labels.tif").is_file()
+    with pytest.raises(ConfigError, match="already exist"):
+        segment_scaled(sampler, src / "large.tif", tmp_path / "out", samples=2, outputs="mask")
+    with pytest.raises(ConfigError, match="labels"):
+        segment_scaled(sampler, src, tmp_path / "o2", fmt="ome-zarr", outputs="labels")
+    again = segment_scaled(sampler, src, tmp_path / "out", samples=2, outputs="mask,prob,labels", resume=True)
+    assert again.skipped == 2
+
+
+@pytest.mark.slow
+def test_8192_image_streams_into_ome_zarr(sampler, tmp_path):
+    """8192 x 8192 generated blockwise into zarr, segmented tiled, equal to the in-memory tiled run."""
+    shape = (8192, 8192)
+    src = write_input(tmp_path / "huge.zarr", shape)
+    out = tmp_path / "huge.ome.zarr"
+    info = _run(sampler, src, out, tile=1024, k=2, seed=0)
+    assert info["blocks"] == 64 and info["levels"] == 6
+    root = _check_ngff(out, shape, info["levels"])
+    image = np.asarray(open_image(src)[:])
+    ref = sampler.predict(image, eps=latent_eps(0, "huge.zarr", 2, sampler.latent_dim), tile=1024)
+    for i, name in enumerate(("prob", "consensus", "std")):
+        np.testing.assert_array_equal(root["0"][i], ref[name])
+    if pytest.importorskip("ome_zarr.reader"):
+        from ome_zarr.io import parse_url
+        from ome_zarr.reader import Reader
+
+        node = list(Reader(parse_url(str(out)))())[0]
+        assert node.data[0].shape == (3, 8192, 8192)
