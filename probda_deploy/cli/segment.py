@@ -6,12 +6,21 @@ fly (this needs torch) into a cache keyed by its sha256 and reused after that.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .common import Device, err, handle_errors, make_progress, out, setup_logging
+
+
+
+class OutFormat(str, Enum):
+    auto = "auto"
+    tif = "tif"
+    ome_zarr = "ome-zarr"
+
 
 HELP = "Segment images with an exported model (NAME.probda folder) or a probda checkpoint (.pt)."
 
@@ -30,13 +39,18 @@ def segment(
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Mask threshold on the mean probability (default 0.5).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the latent draws (combined with each file name).")] = 0,
     normalize: Annotated[str, typer.Option(help="Standardisation: image (whole image), tile, or none.")] = "image",
-    resume: Annotated[bool, typer.Option("--resume", help="Skip images whose outputs all exist.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip images whose outputs all exist; redo only unwritten blocks of OME-Zarr outputs.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    fmt: Annotated[OutFormat, typer.Option("--format", help="Outputs: tif, ome-zarr, or auto (OME-Zarr for .zarr inputs and images above 4096x4096 px).")] = OutFormat.auto,
+    workers: Annotated[int, typer.Option(min=1, help="Dask LocalCluster worker processes (> 1 runs on Dask).")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://HOST:8786.")] = None,
+    preview: Annotated[bool, typer.Option("--preview", help="Also write OUT_DIR/preview/NAME.png: image, mask outline (red), low-consensus pixels (yellow).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
 ) -> None:
     """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif)."""
     setup_logging(quiet)
-    from ..runtime.segment import parse_outputs, segment_files
+    from ..runtime.scale import segment_scaled
+    from ..runtime.segment import parse_outputs
 
     from ..errors import ConfigError
 
@@ -51,12 +65,13 @@ def segment(
     with make_progress(quiet) as progress:
         files = progress.add_task("segment", total=None, info="")
         tiles = None
+        blocks = None
 
         def on_start(total: int) -> None:
             progress.update(files, total=total)
 
         def on_file(result) -> None:
-            nonlocal tiles
+            nonlocal tiles, blocks
             if result.status == "failed":
                 err.print(f"[bold red]error:[/] {result.error}", markup=True, highlight=False, soft_wrap=True)
             if progress.tasks[files].total is not None:
@@ -64,6 +79,16 @@ def segment(
             if tiles is not None:
                 progress.update(tiles, visible=False)
                 tiles = None
+            if blocks is not None:
+                progress.update(blocks, visible=False)
+                blocks = None
+
+        def on_block(done: int, total: int) -> None:
+            nonlocal blocks
+            if blocks is None:
+                blocks = progress.add_task("  blocks", total=total, info="")
+            progress.update(blocks, completed=done, total=total)
+        blocks = None
 
         def on_tile(done: int, total: int) -> None:
             nonlocal tiles
@@ -71,12 +96,19 @@ def segment(
                 tiles = progress.add_task("  tiles", total=total, info="")
             progress.update(tiles, completed=done, total=total)
 
-        report = segment_files(
+        report = segment_scaled(
             folder, inputs, output, samples=samples, tile=tile_arg, halo=halo, device=device.value, threads=threads,
             outputs=outputs, threshold=threshold, seed=seed, resume=resume, overwrite=overwrite, normalize=normalize,
-            on_start=on_start, on_file=on_file, on_tile=on_tile,
+            fmt=fmt.value, workers=workers, scheduler=scheduler, on_start=on_start, on_file=on_file, on_block=on_block,
         )
+    previews = []
+    if preview:
+        from ..runtime.preview import write_previews
+
+        previews = write_previews(report, output)
     _summary(report, note)
+    if preview:
+        out.print(f"previews: {len(previews)} PNG(s) in {Path(output) / 'preview'}")
     if report.failed:
         raise typer.Exit(code=1)
 
@@ -114,6 +146,17 @@ def _summary(report, note: str) -> None:
         table.add_row("source", note)
     table.add_row("files", f"{report.done} segmented, {report.skipped} skipped (resume), {len(report.failed)} failed")
     table.add_row("outputs", str(report.out_dir))
+    formats = getattr(report, "formats", {})
+    if formats:
+        counts = {f: sum(v == f for v in formats.values()) for f in ("tif", "ome-zarr")}
+        from ..runtime.scale import ZARR_AUTO_PIXELS
+
+        rule = f"auto: OME-Zarr for .zarr inputs and images above {ZARR_AUTO_PIXELS / 1e6:.1f} Mpx"
+        auto = getattr(report, "requested_format", "auto") == "auto"
+        table.add_row("format", ", ".join(f"{n} {f}" for f, n in counts.items() if n) + (f" ({rule})" if auto else ""))
+    for path, (written, total) in getattr(report, "blocks", {}).items():
+        table.add_row("blocks", f"{Path(path).name}: {written} of {total} blocks written" + (" (resumed)" if written < total else ""))
+    table.add_row("engine", getattr(report, "engine", "single process"))
     table.add_row("device", f"{report.device} -> provider {', '.join(report.providers)}")
     if report.provider_note:
         table.add_row("warning", f"[yellow]{report.provider_note}[/]")

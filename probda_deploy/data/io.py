@@ -161,6 +161,12 @@ def _glob(pattern: str) -> list[str]:
     return glob.glob(pattern, recursive=True)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_tiff_atomic(path: str | Path, array: np.ndarray, **kwargs) -> Path:
     """Write a TIFF via a temp file + rename so no partial file is ever visible."""
     path = Path(path)
@@ -169,6 +175,7 @@ def write_tiff_atomic(path: str | Path, array: np.ndarray, **kwargs) -> Path:
     os.close(fd)
     try:
         tifffile.imwrite(tmp, array, **kwargs)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

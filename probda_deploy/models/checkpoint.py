@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.io import current_umask
 from ..errors import CheckpointError, ConfigError
 from .registry import model_from_spec, model_spec
 
@@ -56,6 +57,7 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -51,3 +51,25 @@ def write_preview(path: str | Path, image: np.ndarray, mask: np.ndarray, consens
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_previews(report, out_dir: str | Path) -> list[Path]:
+    """One `OUT_DIR/preview/NAME.png` per segmented TIFF output of a SegmentReport.
+
+    Inputs are re-read from disk; files without a mask output (or OME-Zarr
+    outputs) get no preview.
+    """
+    import tifffile
+
+    from ..data.io import read_image
+
+    written = []
+    for r in report.results:
+        mask = next((p for p in r.outputs if str(p).endswith("_mask.tif")), None)
+        if r.status not in ("done", "skipped") or mask is None or not Path(mask).exists():
+            continue
+        cons_path = next((p for p in r.outputs if str(p).endswith("_consensus.tif")), None)
+        consensus = tifffile.imread(cons_path) if cons_path and Path(cons_path).exists() else None
+        name = Path(mask).name[: -len("_mask.tif")]
+        written.append(write_preview(Path(out_dir) / "preview" / f"{name}.png", read_image(r.path), tifffile.imread(mask), consensus))
+    return written
