@@ -155,7 +155,7 @@ def segment_scaled(
     for r in report.results:
         on_file and on_file(r)
     on_start and on_start(len(files))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out_dir)
     opts = dict(outputs=outputs, resume=resume, k=k, tile=tile, halo=halo, normalize=normalize, threshold=threshold, seed=seed, ngff=ngff,
                 on_zarr=lambda info: report.blocks.__setitem__(str(info["path"]), (info["written"], info["blocks"])))
     use_dask = bool(scheduler) or workers > 1
@@ -182,6 +182,14 @@ def _check_options(fmt, resume, overwrite, normalize, workers) -> None:
         raise ConfigError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZE)}")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: need at least 1 worker")
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    """Create the output folder; a path that is a file or not writable becomes one ConfigError."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out_dir}: cannot create the output folder ({e.strerror or e}); give a folder path with -o") from None
 
 
 def _check_zarr_clashes(files: list[Path], out_dir: Path, *, resume: bool, overwrite: bool) -> None:
