@@ -49,7 +49,7 @@ def adapt(
     upper: Annotated[float, typer.Option("--upper", help="Confident-foreground threshold.")] = 0.9,
     lower: Annotated[float, typer.Option("--lower", help="Confident-background threshold.")] = 0.1,
     iterations: Annotated[int, typer.Option("--iterations", help="Total iterations (paper: 10000 on a GPU).")] = 1000,
-    patch_size: Annotated[int, typer.Option("--patch-size")] = 256,
+    patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="[default: 256 on CUDA, 128 on CPU]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="(paper: 2)")] = 4,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 1e-4,
     ema: Annotated[float, typer.Option("--ema", help="Teacher EMA momentum (paper: 0.999 over 10k steps; 0.99 keeps the same horizon over 1k).")] = 0.99,
@@ -72,12 +72,13 @@ def adapt(
         raise ConfigError("--select-on labels needs --target-labels")
     if resume and output is None:
         raise ConfigError("--resume needs -o/--output pointing at the run to continue")
+    dev = resolve_device(device)
+    patch_size = patch_size or (128 if dev == "cpu" else 256)
     cfg = AdaptConfig(strategy=strategy.value, joint=joint, filter=filter_.value, consensus=consensus.value,
                       samples=samples, upper=upper, lower=lower, iterations=iterations, batch_size=batch_size,
                       patch_size=patch_size, lr=lr, ema=ema, distribution_alignment=distribution_alignment,
                       val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed)
     run_dir = new_run_dir("adapt", output)
-    dev = resolve_device(device)
     err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  device: {dev}")
     from .progress import training_progress
 

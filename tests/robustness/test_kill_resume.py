@@ -79,7 +79,6 @@ def test_sigkill_then_resume_completes_every_output(robust_export, tmp_path):
             np.testing.assert_array_equal(tifffile.imread(out / f"{f.stem}_{k}.tif"), tifffile.imread(ref / f"{f.stem}_{k}.tif"))
 
 
-@pytest.mark.slow
 def test_resume_removes_stale_temp_files(robust_export, tmp_path, runner):
     """A temp file a killed writer left (`.NAME_mask.tif.XXXX.tmp`) is cleaned up and never taken as output."""
     from probda_deploy.cli.app import app
