@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     q = args.quick
-    n, size = (6, 96) if q else (12, 160)
+    n, size = (6, 96) if q else (10, 160)
     src_img, src_lab = write_dataset(args.out / "source", n_images=n, shape=(size, size), domain="source", seed=0)
     tgt_img, tgt_lab = write_dataset(args.out / "target", n_images=n, shape=(size, size), domain="target", seed=0)
     test = match_labels(*write_dataset(args.out / "target_test", n_images=n // 2, shape=(size, size), domain="target", seed=1))
@@ -66,7 +66,7 @@ def main() -> None:
                                             domain="target-gradient", seed=1))
     src_test = match_labels(*write_dataset(args.out / "source_test", n_images=n // 2, shape=(size, size), domain="source", seed=1))
 
-    it_src, it_ad = (20, 20) if q else (200, 150)
+    it_src, it_ad = (20, 20) if q else (150, 120)
     base = TrainConfig(iterations=it_src, batch_size=4, patch_size=96, lr=1e-3, val_every=max(10, it_src // 3), seed=0)
     rows, t_all = [], time.perf_counter()
 
