@@ -8,6 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from probda_deploy.data.synthetic import write_dataset
@@ -55,3 +56,65 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# -- tiny exported models shared by runtime, exporter and CLI tests (one export per session) --
+
+def shared_export(factory, variant: str):
+    """(checkpoint, export folder) of a tiny random model; one export per pytest session.
+
+    The folder lives in the session's base temp dir and goes through the
+    export cache, so every test directory that asks for it reuses the first export.
+    """
+    import torch
+
+    from probda_deploy.exporters import cached_export
+    from probda_deploy.models import build_model
+    from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint
+
+    ckpt = factory.getbasetemp() / "probda_shared" / f"{variant}.pt"
+    if not ckpt.exists():
+        torch.manual_seed(0)
+        model = build_model(variant, initial_features=8, depth=3)
+        save_checkpoint(make_checkpoint(model, provenance={"torch_version": str(torch.__version__)}), ckpt)
+    return ckpt, cached_export(ckpt, samples=8)[0]
+
+
+@pytest.fixture(scope="session")
+def punet_export(tmp_path_factory):
+    return shared_export(tmp_path_factory, "punet-small")[1]
+
+
+@pytest.fixture(scope="session")
+def punet_ckpt(tmp_path_factory):
+    return shared_export(tmp_path_factory, "punet-small")[0]
+
+
+@pytest.fixture(scope="session")
+def unet_export(tmp_path_factory):
+    return shared_export(tmp_path_factory, "unet-small")[1]
+
+
+def make_blobs(shape, seed=0) -> np.ndarray:
+    """A float32 image with a few bright discs on noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = rng.normal(0, 0.2, shape)
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 8)
+        img += ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(float)
+    return img.astype(np.float32)
+
+
+@pytest.fixture
+def blobs():
+    return make_blobs
+
+
+@pytest.fixture
+def write_tif():
+    def write(path, array):
+        tifffile.imwrite(path, array)
+        return path
+
+    return write

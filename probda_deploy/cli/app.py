@@ -1,10 +1,14 @@
-"""The `probda` Typer application: one module per command, registered here."""
+"""The `probda` Typer application: one module per command, registered here.
+
+No command module imports torch at import time, so `probda segment` on an
+export folder works on machines without PyTorch.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from . import demo, info, train
+from . import adapt, demo, evaluate, export, import_cmd, info, segment, train, validate
 
 app = typer.Typer(
     name="probda",
@@ -15,18 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (train, info, demo):
+for module in (train, adapt, evaluate, export, segment, validate, import_cmd, info, demo):
     module.register(app)
-
-# Commands added by other modules register themselves through `register(app)`.
-for _name in ("adapt", "evaluate", "export", "segment", "import_cmd", "validate"):
-    try:
-        _mod = __import__(f"{__package__}.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__package__}.{_name}":
-            raise
-        continue
-    _mod.register(app)
 
 
 def main() -> None:

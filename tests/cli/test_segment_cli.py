@@ -17,25 +17,9 @@ from probda_deploy.cli.app import app
 runner = CliRunner()
 
 
-def _shared(factory, variant="punet-small"):
-    """Tiny model checkpoint + cached export, shared with tests/runtime (same session folder)."""
-    import torch
-
-    from probda_deploy.exporters import cached_export
-    from probda_deploy.models import build_model
-    from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint
-
-    ckpt = factory.getbasetemp() / "probda_shared" / f"{variant}.pt"
-    if not ckpt.exists():
-        torch.manual_seed(0)
-        model = build_model(variant, initial_features=8, depth=3)
-        save_checkpoint(make_checkpoint(model, provenance={"torch_version": str(torch.__version__)}), ckpt)
-    return ckpt, cached_export(ckpt, samples=8)[0]
-
-
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return _shared(tmp_path_factory)
+def shared(punet_ckpt, punet_export):
+    return punet_ckpt, punet_export
 
 
 @pytest.fixture
