@@ -126,12 +126,12 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
     dev = torch.device(device)
     strategy.to(dev)
     optim = _Optim(strategy.parameters(), cfg, dev)
-    start, best = 0, float("inf")
+    start, best, resumed_metrics = 0, float("inf"), {}
     if resume:
-        start, best = _resume(strategy, optim, latest, metrics_path, dev)
+        start, best, resumed_metrics = _resume(strategy, optim, latest, metrics_path, dev)
     extra = dict(extra or {})
     extra["loop_config"] = asdict(cfg)
-    t0, logs_acc, last_metrics = time.perf_counter(), {}, {}
+    t0, logs_acc, last_metrics = time.perf_counter(), {}, dict(resumed_metrics)
     for it in range(start, cfg.iterations):
         rng = _seed_step(cfg.seed, it)
         batch = _to_tensors(strategy.sample_batch(rng), dev)
@@ -191,7 +191,7 @@ def _checkpoint(strategy: Strategy, optim: _Optim, iteration: int, best: float, 
     )
 
 
-def _resume(strategy: Strategy, optim: _Optim, latest: Path, metrics_path: Path, dev: torch.device) -> tuple[int, float]:
+def _resume(strategy: Strategy, optim: _Optim, latest: Path, metrics_path: Path, dev: torch.device) -> tuple[int, float, dict]:
     if not latest.exists():
         raise CheckpointError(f"{latest}: nothing to resume (no latest.pt in the run folder); start without --resume")
     ckpt = load_checkpoint(latest, map_location=dev)
@@ -208,4 +208,4 @@ def _resume(strategy: Strategy, optim: _Optim, latest: Path, metrics_path: Path,
         lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["iteration"] <= start]
         metrics_path.write_text("".join(ln + "\n" for ln in lines))
     log.info("resuming %s at iteration %d", latest.parent, start)
-    return start, float(ckpt.get("best_metric", float("inf")))
+    return start, float(ckpt.get("best_metric", float("inf"))), dict(ckpt.get("metrics", {}))
