@@ -82,7 +82,7 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 
 def write_dataset(out_dir: str | Path, *, n_images: int = 20, shape: tuple[int, int] = (256, 256),
                   domain: str = "source", seed: int = 0) -> tuple[Path, Path]:
-    """Write `out_dir/images/img_XXX.tif` and `out_dir/labels/img_XXX.tif`.
+    """Write `out_dir/images/img_NNN.tif` and `out_dir/labels/img_NNN.tif`.
 
     Returns:
         The images folder and the labels folder.

@@ -10,6 +10,7 @@ checkpoint layout (`unet.`, `prior.encoder.layers.N`, `prior.conv_layer`,
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,9 +80,13 @@ class GaussianEncoder(nn.Module):
 
 
 class _Trunk(nn.Module):
-    """Flat Sequential `layers` (reference layout): [convs, pool, convs, pool, ...]."""
+    """Flat Sequential `layers` (reference layout): [convs, pool, convs, pool, ...].
 
-    def __init__(self, in_channels: int, filters: list[int], convs_per_block: int, padding: int):
+    `norm(channels)`, if given, adds a normalisation after every conv (torch-em's variant).
+    """
+
+    def __init__(self, in_channels: int, filters: list[int], convs_per_block: int, padding: int,
+                 norm: Callable[[int], nn.Module] | None = None):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
@@ -89,7 +94,10 @@ class _Trunk(nn.Module):
             if i > 0:
                 layers.append(nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True))
             for j in range(convs_per_block):
-                layers += [nn.Conv2d(prev if j == 0 else f, f, 3, padding=padding), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(prev if j == 0 else f, f, 3, padding=padding))
+                if norm is not None:
+                    layers.append(norm(f))
+                layers.append(nn.ReLU(inplace=True))
             prev = f
         self.layers = nn.Sequential(*layers)
         self.layers.apply(init_conv)

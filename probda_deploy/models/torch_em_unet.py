@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .punet import Fcomb, GaussianEncoder, PUNet
+from .punet import Fcomb, GaussianEncoder, PUNet, _Trunk
 
 NORMS = (None, "InstanceNorm", "InstanceNormTrackStats", "GroupNorm", "BatchNorm")
 
@@ -161,37 +161,14 @@ class TorchEmUNetTrunk(nn.Module):
         return x
 
 
-class _GaussianTrunk(nn.Module):
-    """Flat Sequential `layers`: per level [pool], then (conv3x3, [norm], ReLU) x convs."""
-
-    def __init__(self, in_channels: int, filters: list[int], convs: int, padding: int, norm: str | None):
-        super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_channels
-        for i, f in enumerate(filters):
-            if i > 0:
-                layers.append(nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True))
-            for j in range(convs):
-                layers.append(nn.Conv2d(prev if j == 0 else f, f, 3, padding=padding))
-                if norm is not None:
-                    layers.append(norm_layer(norm, f))
-                layers.append(nn.ReLU(inplace=True))
-            prev = f
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
 class TorchEmGaussianEncoder(GaussianEncoder):
     """GaussianEncoder (trunk/head/forward inherited) with torch-em's conv-norm-ReLU trunk."""
 
     def __init__(self, in_channels: int, config: TorchEmPUNetConfig):
         nn.Module.__init__(self)
         self.latent_dim = config.latent_dim
-        self.encoder = _GaussianTrunk(
-            in_channels, config.filters, config.convs_per_block, config.gaussian_padding, config.norm
-        )
+        norm = None if config.norm is None else (lambda channels: norm_layer(config.norm, channels))
+        self.encoder = _Trunk(in_channels, config.filters, config.convs_per_block, config.gaussian_padding, norm=norm)
         self.conv_layer = nn.Conv2d(config.filters[-1], 2 * config.latent_dim, 1)
 
 
