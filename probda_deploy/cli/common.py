@@ -31,11 +31,30 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class _OncePerMessage(logging.Filter):
+    """Drop a message already shown (the same warning from several processes or passes over a file)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.levelno}:{record.getMessage()}"
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def setup_logging(quiet: bool = False) -> None:
-    """Library warnings go to stderr through rich; --quiet keeps only warnings."""
+    """Library warnings go to stderr through rich, each message once; --quiet keeps only warnings."""
     root = logging.getLogger("probda_deploy")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=err, show_time=False, show_path=False, markup=False))
+    for h in list(root.handlers):  # one handler, and a fresh "already shown" set per command
+        if isinstance(h, RichHandler):
+            root.removeHandler(h)
+    handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    handler.addFilter(_OncePerMessage())
+    root.addHandler(handler)
     root.setLevel(logging.WARNING if quiet else logging.INFO)
     root.propagate = False
 
@@ -48,7 +67,8 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except ProbdaError as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            for line in str(e).splitlines() or [type(e).__name__]:  # an error may list several files, one per line
+                err.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")

@@ -100,6 +100,7 @@ def segment(
             folder, inputs, output, samples=samples, tile=tile_arg, halo=halo, device=device.value, threads=threads,
             outputs=outputs, threshold=threshold, seed=seed, resume=resume, overwrite=overwrite, normalize=normalize,
             fmt=fmt.value, workers=workers, scheduler=scheduler, on_start=on_start, on_file=on_file, on_block=on_block,
+            on_tile=on_tile,
         )
     previews = []
     if preview:

@@ -24,10 +24,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def check_readable(path: Path, *, folder_ok: bool = False) -> None:
+    """Raise ImageReadError if `path` is missing, a folder (unless `folder_ok`), empty or unreadable."""
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
     if path.is_dir():
+        if folder_ok:
+            return
         raise ImageReadError(f"{path}: is a folder, not an image")
     try:
         size = path.stat().st_size
@@ -37,6 +40,24 @@ def _read_raw(path: Path) -> np.ndarray:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise ImageReadError(f"{path}: permission denied; check the file's read permissions")
+
+
+def unreadable(path: Path, error: Exception) -> ImageReadError:
+    """The error for a file a decoder failed on: `PATH: not a readable image (first line of the decoder's message)`."""
+    msg = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+    return ImageReadError(f"{path}: not a readable image ({msg})")
+
+
+def check_values(path: Path, *, nonfinite: int, lo: float, hi: float) -> None:
+    """Raise ImageReadError for NaN/inf pixels or a constant image (the same rule in-memory and streamed)."""
+    if nonfinite:
+        raise ImageReadError(f"{path}: contains {nonfinite} NaN/inf pixel(s); clean the image first")
+    if lo == hi:
+        raise ImageReadError(f"{path}: image is constant (all pixels = {lo:g}); nothing to segment")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    check_readable(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             return np.asarray(tifffile.imread(path))
@@ -46,15 +67,20 @@ def _read_raw(path: Path) -> np.ndarray:
     except PermissionError:
         raise ImageReadError(f"{path}: permission denied; check the file's read permissions") from None
     except Exception as e:  # decoders raise many types for corrupt files
-        msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ImageReadError(f"{path}: not a readable image ({msg})") from None
+        raise unreadable(path, e) from None
+
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def warn_grayscale(path: Path, channels: int) -> None:
+    log.warning("%s: RGB%s image converted to grayscale", path, "A" if channels == 4 else "")
 
 
 def to_grayscale(arr: np.ndarray, path: Path) -> np.ndarray:
     """(..., 3|4) RGB(A) -> (...) luminance; warns once per file."""
-    log.warning("%s: RGB%s image converted to grayscale", path, "A" if arr.shape[-1] == 4 else "")
-    rgb = arr[..., :3].astype(np.float64)
-    return rgb @ np.array([0.299, 0.587, 0.114])
+    warn_grayscale(path, arr.shape[-1])
+    return arr[..., :3].astype(np.float64) @ LUMA
 
 
 def read_image(path: str | Path, *, allow_stack: bool = True) -> np.ndarray:
@@ -89,11 +115,9 @@ def read_image(path: str | Path, *, allow_stack: bool = True) -> np.ndarray:
     if arr.ndim > 3:
         raise ImageReadError(f"{path}: {arr.ndim}D array {arr.shape} is not supported; give 2D images or 3D (Z, H, W) stacks")
     out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
-        n_bad = int((~np.isfinite(out)).sum())
-        raise ImageReadError(f"{path}: contains {n_bad} NaN/inf pixel(s); clean the image first")
-    if out.max() == out.min():
-        raise ImageReadError(f"{path}: image is constant (all pixels = {out.flat[0]:g}); nothing to segment")
+    finite = np.isfinite(out)
+    nonfinite = int(out.size - np.count_nonzero(finite))
+    check_values(path, nonfinite=nonfinite, lo=0.0 if nonfinite else float(out.min()), hi=1.0 if nonfinite else float(out.max()))
     return out
 
 

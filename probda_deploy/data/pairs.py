@@ -62,8 +62,8 @@ def match_labels(images: str | Path | list[Path], labels: str | Path | None = No
             pairs.append((img, cands[0]))
     if missing:
         where = labels if labels is not None else "next to the images"
-        raise LabelMatchError(
-            f"{missing[0]}: no label file found in {where} (expected {_base_stem(missing[0])}.tif or "
-            f"{_base_stem(missing[0])}_masks.tif){'' if len(missing) == 1 else f'; {len(missing) - 1} more image(s) lack labels'}"
-        )
+        lines = [f"{m}: no label file found in {where} (expected {_base_stem(m)}.tif or {_base_stem(m)}_masks.tif)" for m in missing]
+        if len(missing) > 1:
+            lines.append(f"{len(missing)} of {len(image_files)} images have no label; add the labels or remove the images")
+        raise LabelMatchError("\n".join(lines))
     return pairs

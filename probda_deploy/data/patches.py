@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageReadError, ProbdaError
 from .io import read_image, read_label
 from .normalize import standardize
 
@@ -47,12 +47,24 @@ class ImageSet:
 
 
 def load_image_set(pairs_or_files: list, *, labeled: bool) -> ImageSet:
-    """Read (image, label) pairs or image files; 3D stacks contribute each slice."""
-    images, labels, names = [], [], []
+    """Read (image, label) pairs or image files; 3D stacks contribute each slice.
+
+    Every file is checked before anything is trained on: all problems are
+    reported together, one line per file.
+
+    Raises:
+        ImageReadError: one or more unusable images or labels (one message line each,
+            then a summary line).
+    """
+    images, labels, names, problems = [], [], [], []
     for item in pairs_or_files:
         img_path, lab_path = (item if labeled else (item, None))
-        img = read_image(img_path)
-        lab = read_label(lab_path, shape=img.shape, image_path=img_path) if labeled else None
+        try:
+            img = read_image(img_path)
+            lab = read_label(lab_path, shape=img.shape, image_path=img_path) if labeled else None
+        except ProbdaError as e:
+            problems.append(str(e))
+            continue
         slices = [img] if img.ndim == 2 else list(img)
         lab_slices = [lab] if lab is None or lab.ndim == 2 else list(lab)
         for z, s in enumerate(slices):
@@ -60,6 +72,10 @@ def load_image_set(pairs_or_files: list, *, labeled: bool) -> ImageSet:
             names.append(Path(img_path).name + (f"[{z}]" if img.ndim == 3 else ""))
             if labeled:
                 labels.append(lab_slices[z])
+    if problems:
+        what = "image/label pairs" if labeled else "images"
+        problems.append(f"{len(problems)} of {len(pairs_or_files)} {what} cannot be used; fix or remove them (nothing was trained)")
+        raise ImageReadError("\n".join(problems))
     return ImageSet(images, labels if labeled else None, names)
 
 

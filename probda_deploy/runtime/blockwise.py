@@ -85,10 +85,14 @@ class LocalRunner:
 
 # ------------------------------------------------------------------ tasks
 def stats_task(image_path: str, z: int, normalize: str) -> tuple[float, float] | None:
-    """Whole-plane (mean, std), streamed; None unless normalize == "image"."""
-    if normalize != "image":
-        return None
-    return image_stats(plane(open_image(image_path), z))
+    """Whole-plane (mean, std), streamed; None unless normalize == "image".
+
+    The pass always runs: it refuses NaN/inf pixels and constant planes before any output exists.
+    """
+    image = open_image(image_path)
+    name = f"{image_path}[{z}]" if image.ndim == 3 else image_path
+    stats = image_stats(plane(image, z), path=name)
+    return stats if normalize == "image" else None
 
 
 def _window(sampler: OnnxSampler, image, t: Tile, normalize: str, stats) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.io import LUMA, check_readable, read_image, unreadable, warn_grayscale
 from ..errors import ImageReadError
 
 log = logging.getLogger(__name__)
@@ -34,32 +35,46 @@ def is_tiff_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in (".tif", ".tiff")
 
 
-class LeadingView:
-    """A lazy view `array[lead...]` that drops fixed leading indices (t, c of OME-Zarr).
+class LazyImage:
+    """A lazy view of an on-disk array, read only where sliced.
+
+    Fixed leading indices (t, c of OME-Zarr, a stack's plane) are dropped, an
+    RGB(A) last axis is reduced to luminance, and decoder errors on read become
+    one ImageReadError naming the file.
 
     Args:
-        array: array-like with numpy slicing.
+        array: array-like with numpy slicing (zarr array, memmap, LazyImage).
+        path: the file, for error messages.
         lead: indices of the leading axes to fix.
+        rgb: the last axis holds 3 or 4 colour samples.
     """
 
-    def __init__(self, array, lead: tuple[int, ...]):
-        self.array, self.lead = array, tuple(lead)
-        self.shape = tuple(array.shape[len(lead):])
-        self.dtype = np.dtype(array.dtype)
+    def __init__(self, array, path: str | Path, *, lead: tuple[int, ...] = (), rgb: bool = False):
+        self.array, self.path, self.lead, self.rgb = array, Path(path), tuple(lead), rgb
+        shape = tuple(array.shape[len(self.lead):])
+        self.shape = shape[:-1] if rgb else shape
+        self.dtype = np.dtype(np.float64) if rgb else np.dtype(array.dtype)
         self.ndim = len(self.shape)
 
     def __getitem__(self, index):
         index = index if isinstance(index, tuple) else (index,)
-        return self.array[self.lead + index]
+        index = index + (slice(None),) * (self.ndim - len(index))
+        try:
+            out = np.asarray(self.array[self.lead + index])
+        except ImageReadError:
+            raise
+        except Exception as e:  # decoders raise many types for corrupt files
+            raise unreadable(self.path, e) from None
+        return out[..., :3].astype(np.float64) @ LUMA if self.rgb else out
 
     def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self[(slice(None),) * self.ndim])
+        out = self[(slice(None),) * self.ndim]
         return out if dtype is None else out.astype(dtype)
 
 
 def plane(image, z: int):
     """Lazy (H, W) plane z of a (Z, H, W) array-like; a 2D image is returned as is."""
-    return image if image.ndim == 2 else LeadingView(image, (z,))
+    return image if image.ndim == 2 else LazyImage(image, getattr(image, "path", ""), lead=(z,))
 
 
 def open_image(path: str | Path):
@@ -69,28 +84,28 @@ def open_image(path: str | Path):
         path: `.zarr` folder, `.tif/.tiff` file (or PNG/JPEG, read whole).
 
     Returns:
-        Array-like (H, W) or (Z, H, W) with `.shape`, `.dtype`, `.ndim` and slicing.
+        LazyImage (H, W) or (Z, H, W) with `.shape`, `.dtype`, `.ndim` and slicing
+        (PNG/JPEG: a float32 numpy array).
 
     Raises:
-        ImageReadError: unreadable file, unsupported dtype or layout (colour, channels).
+        ImageReadError: missing, empty, unreadable or corrupt file, unsupported dtype or layout.
     """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
+    check_readable(path, folder_ok=is_zarr_path(path))
     try:
         if is_zarr_path(path):
-            array = _open_zarr(path)
+            array, rgb = _open_zarr(path), False
         elif is_tiff_path(path):
-            array = _open_tiff(path)
+            array, rgb = _open_tiff(path)
         else:
-            from ..data.io import read_image
-
             return read_image(path)
     except ImageReadError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ImageReadError(f"{path}: cannot open for chunked reading ({type(e).__name__}: {e}); check the file") from None
-    return _squeeze(array, path)
+    except Exception as e:  # tifffile/zarr raise many types for corrupt files
+        raise unreadable(path, e) from None
+    return _squeeze(array, path, rgb)
 
 
 def _open_zarr(path: Path):
@@ -110,35 +125,36 @@ def _open_zarr(path: Path):
 
 
 def _open_tiff(path: Path):
+    """(array, rgb): a memory map when the data is contiguous, else tifffile's zarr store."""
     import tifffile
 
+    with tifffile.TiffFile(str(path)) as tif:
+        axes = tif.series[0].axes
     try:
-        return tifffile.memmap(str(path), mode="r")
+        array = tifffile.memmap(str(path), mode="r")
     except (ValueError, OSError):
         import zarr
 
-        store = tifffile.imread(str(path), aszarr=True)
-        node = zarr.open(store, mode="r")
-        return node if isinstance(node, zarr.Array) else node["0"]
+        node = zarr.open(tifffile.imread(str(path), aszarr=True), mode="r")
+        array = node if isinstance(node, zarr.Array) else node["0"]
+    return array, axes.endswith("S") and array.shape[-1] in (3, 4)
 
 
-def _squeeze(array, path: Path):
+def _squeeze(array, path: Path, rgb: bool):
     dtype = np.dtype(array.dtype)
-    if dtype.kind not in "uif" or dtype.kind == "c":
-        raise ImageReadError(f"{path}: unsupported dtype {dtype}; give a grayscale integer or float image")
-    shape = tuple(array.shape)
+    if dtype.kind not in "uif":
+        raise ImageReadError(f"{path}: unsupported pixel type {dtype}; give a grayscale integer or float image")
+    shape = tuple(array.shape[:-1] if rgb else array.shape)
     lead = 0
     while len(shape) - lead > 3 and shape[lead] == 1:
         lead += 1
-    if len(shape) - lead > 3 or len(shape) < 2 or (len(shape) - lead == 3 and shape[-1] in (3, 4) and is_tiff_path(path)):
-        raise ImageReadError(
-            f"{path}: shape {shape} is not a grayscale (H, W) or (Z, H, W) image; "
-            f"convert colour/multichannel images to one channel first"
-        )
-    view = LeadingView(array, (0,) * lead) if lead else array
-    if view.ndim == 3 and view.shape[0] == 1:
-        view = LeadingView(view, (0,))
-    return view
+    if len(shape) - lead > 3 or len(shape) < 2:
+        raise ImageReadError(f"{path}: {len(shape)}D array {shape} is not supported; give 2D images or 3D (Z, H, W) stacks")
+    if len(shape) - lead == 3 and shape[lead] == 1:
+        lead += 1
+    if rgb:  # every task reopens the file: the CLI shows each message once
+        warn_grayscale(path, array.shape[-1])
+    return LazyImage(array, path, lead=(0,) * lead, rgb=rgb)
 
 
 def image_shape(path: str | Path) -> tuple[int, ...]:
@@ -150,8 +166,6 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
     path = Path(path)
     if is_zarr_path(path) or is_tiff_path(path):
         return tuple(open_image(path).shape)
-    from ..data.io import read_image
-
     return tuple(read_image(path).shape)
 
 

@@ -8,9 +8,12 @@
 - Tasks are module-level functions of paths and small settings: a worker builds
   its sampler once (blockwise.cached_sampler, one per process) and writes its
   files / chunks itself; only small results (status, tile sums) come back.
-- `DaskRunner.run` yields results as they complete (progress), retries a failed
+- `DaskRunner.run` yields results as they complete (progress), retries a crashed
   task `retries` times (a worker lost mid-task has its task rescheduled by the
-  scheduler), and names the file or block of a failure.
+  scheduler), and names the file or block of a failure. A task's input error
+  (ProbdaError) is returned, not raised, so it is neither retried nor logged as
+  a worker traceback, and is re-raised in the client unchanged; warnings a task
+  logs are shown by the client.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import ConfigError, RuntimeModelError
+from ..errors import ConfigError, ProbdaError, RuntimeModelError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ class DaskRunner:
         names = {}
         futures = []
         for name, args in jobs:
-            fut = self.client.submit(fn, *args, key=f"{fn.__name__}-{name}-{token}", retries=self.retries, pure=False)
+            fut = self.client.submit(_call, fn, *args, key=f"{fn.__name__}-{name}-{token}", retries=self.retries, pure=False)
             names[fut.key] = name
             futures.append(fut)
         try:
@@ -109,17 +112,43 @@ class DaskRunner:
                     exc = fut.exception()
                     raise RuntimeModelError(f"{self.label}: {fn.__name__} of {name} failed after {self.retries} retries: "
                                             f"{type(exc).__name__}: {exc}") from None
-                yield name, fut.result()
+                status, value, warnings = fut.result()
                 fut.release()
+                for message in warnings:
+                    log.warning("%s", message)
+                if status == "error":
+                    raise value
+                yield name, value
         finally:
             for fut in futures:
                 fut.cancel()
 
 
-def file_task(ref, path: str, out_dir: str, fmt: str, opts: dict):
-    """Segment one file on a worker (TIFF outputs or a whole OME-Zarr); returns a FileResult."""
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _call(fn: Callable, *args) -> tuple[str, object, list[str]]:
+    """Run `fn(*args)` on a worker: ("ok", result, warnings) or ("error", ProbdaError, warnings)."""
+    logger = logging.getLogger("probda_deploy")
+    collect = _Collect()
+    logger.addHandler(collect)
+    try:
+        return "ok", fn(*args), collect.messages
+    except ProbdaError as e:
+        return "error", e, collect.messages
+    finally:
+        logger.removeHandler(collect)
+
+
+def file_task(ref, path: str, out_dir: str, fmt: str, opts):
+    """Segment one file on a worker (TIFF outputs or a whole OME-Zarr) with SegmentOptions `opts`; returns a FileResult."""
+    from .blockwise import cached_sampler
     from .scale import segment_path
 
-    from .blockwise import cached_sampler
-
-    return segment_path(cached_sampler(ref), ref, Path(path), Path(out_dir), fmt=fmt, **opts)
+    return segment_path(cached_sampler(ref), ref, Path(path), Path(out_dir), opts, fmt=fmt)

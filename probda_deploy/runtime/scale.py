@@ -1,7 +1,7 @@
 """Batch segmentation with a choice of output format (TIFF / OME-Zarr) and engine (one process / Dask).
 
-`segment_scaled` extends `segment.segment_files`:
-- format "tif" writes `NAME_*.tif` exactly as segment_files; "ome-zarr" writes
+`segment_scaled` is the batch driver (`segment.segment_files` is its TIFF-only, one-process form):
+- format "tif" writes `NAME_*.tif` (segment.segment_one); "ome-zarr" writes
   `NAME.ome.zarr` block by block (blockwise.segment_to_zarr); "auto" picks
   OME-Zarr for zarr inputs and images above ZARR_AUTO_PIXELS, TIFF otherwise;
 - workers > 1 or a scheduler address runs on Dask: TIFF files are the units of
@@ -23,8 +23,8 @@ from ..errors import ConfigError, ProbdaError
 from . import ome_zarr as oz
 from .blockwise import SamplerRef, register_sampler, segment_to_zarr, settings_for
 from .chunked import image_shape, is_zarr_path, list_inputs
-from .sampler import NORMALIZE, OnnxSampler
-from .segment import DEFAULT_OUTPUTS, FileResult, SegmentReport, _check_clashes, _segment_one, parse_outputs
+from .sampler import OnnxSampler
+from .segment import FileResult, SegmentOptions, SegmentReport, check_clashes, remove_stale_temps, resolve_options, segment_one
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +60,23 @@ def choose_format(path: Path, fmt: str) -> str:
     return "ome-zarr" if pixels > ZARR_AUTO_PIXELS else "tif"
 
 
-def segment_path(sampler: OnnxSampler, ref: SamplerRef, path: Path, out_dir: Path, *, fmt: str, outputs, resume: bool,
-                 runner=None, on_block=None, on_zarr=None, ngff: str = "0.4", **opts) -> FileResult:
+def segment_path(sampler: OnnxSampler, ref: SamplerRef, path: Path, out_dir: Path, opts: SegmentOptions, *, fmt: str,
+                 runner=None, on_block=None, on_zarr=None, on_tile=None) -> FileResult:
     """Segment one input into TIFFs or one OME-Zarr; errors become a failed FileResult.
 
     `on_zarr(info)` receives segment_to_zarr's info dict (blocks, written, levels) of an OME-Zarr output.
     """
     if fmt == "tif":
-        return _segment_one(sampler, path, out_dir, outputs, resume=resume, **opts)
+        return segment_one(sampler, path, out_dir, opts, on_tile=on_tile)
     final = zarr_output(out_dir, path)
-    if resume and final.is_dir():
+    if opts.resume and final.is_dir():
         return FileResult(path, "skipped", outputs=(final,))
     t0 = time.perf_counter()
     try:
-        zouts = tuple(o for o in outputs if o != "labels")
-        settings = settings_for(sampler, samples=opts["k"], seed=opts["seed"], tile=opts["tile"], halo=opts["halo"],
-                                normalize=opts["normalize"], threshold=opts["threshold"], outputs=zouts, ngff=ngff)
-        info = segment_to_zarr(ref, path, final, settings=settings, resume=resume, runner=runner, on_block=on_block)
+        settings = settings_for(sampler, samples=opts.samples, seed=opts.seed, tile=opts.tile, halo=opts.halo,
+                                normalize=opts.normalize, threshold=opts.threshold,
+                                outputs=tuple(o for o in opts.outputs if o != "labels"), ngff=opts.ngff)
+        info = segment_to_zarr(ref, path, final, settings=settings, resume=opts.resume, runner=runner, on_block=on_block)
         if on_zarr:
             on_zarr(info)
     except ProbdaError as e:
@@ -94,34 +94,29 @@ def segment_scaled(
     fmt: str = "auto",
     workers: int = 1,
     scheduler: str | None = None,
-    samples: int | None = None,
-    tile: int | None | str = "auto",
-    halo: int | None = None,
     device: str = "auto",
     threads: int | None = None,
-    outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
-    threshold: float | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    normalize: str = "image",
-    ngff: str = "0.4",
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[FileResult], None] | None = None,
     on_block: Callable[[int, int], None] | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
+    **options,
 ) -> SegmentReport:
     """Segment files, folders, globs and `.zarr` images, as TIFF or OME-Zarr, locally or on Dask.
 
     Args:
         model: export folder (or a loaded OnnxSampler; its folder is what Dask workers load).
-        inputs, out_dir, samples, tile, halo, device, threads, outputs, threshold,
-            seed, resume, overwrite, normalize: as segment.segment_files.
+        inputs: files, folders, glob patterns, `.zarr` folders.
+        out_dir: output folder (created).
         fmt: "auto", "tif" or "ome-zarr".
         workers: > 1 starts a LocalCluster with that many worker processes.
         scheduler: address of an existing Dask scheduler (tcp://HOST:PORT).
-        ngff: OME-Zarr version, "0.4" (zarr v2) or "0.5" (zarr v3).
+        device, threads: onnxruntime settings.
         on_start, on_file: progress callbacks (total files; each result).
         on_block: on_block(done, total) for the blocks of the current OME-Zarr image.
+        on_tile: on_tile(done, total) for the tiles of the current TIFF-output image (one process).
+        **options: samples, outputs, threshold, seed, tile, halo, normalize, resume,
+            overwrite, ngff (see segment.resolve_options).
 
     Returns:
         SegmentReport (failed files in `report.failed`) with extra attributes: `formats`
@@ -131,22 +126,21 @@ def segment_scaled(
         ConfigError: bad options, output clashes without --resume/--overwrite, unreachable scheduler.
     """
     t_start = time.perf_counter()
-    outputs = parse_outputs(outputs)
-    _check_options(fmt, resume, overwrite, normalize, workers)
+    _check_options(fmt, workers)
     sampler = model if isinstance(model, OnnxSampler) else OnnxSampler(model, device=device, threads=threads)
-    k = sampler.default_samples if samples is None else int(samples)
-    threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
+    opts = resolve_options(sampler, **options)
     out_dir = Path(out_dir)
     files, failures = list_inputs(inputs)
     formats = {f: choose_format(f, fmt) for f in files}
-    if any(v == "ome-zarr" for v in formats.values()) and "labels" in outputs and fmt == "ome-zarr":
+    if fmt == "ome-zarr" and "labels" in opts.outputs:
         raise ConfigError("--outputs labels: connected components are not written to OME-Zarr; drop labels or use --format tif")
-    _check_clashes([f for f in files if formats[f] == "tif"], out_dir, outputs, resume=resume, overwrite=overwrite)
-    _check_zarr_clashes([f for f in files if formats[f] == "ome-zarr"], out_dir, resume=resume, overwrite=overwrite)
+    tif = [f for f in files if formats[f] == "tif"]
+    check_clashes(tif, out_dir, opts)
+    _check_zarr_clashes([f for f in files if formats[f] == "ome-zarr"], out_dir, resume=opts.resume, overwrite=opts.overwrite)
     report = SegmentReport(
         model=sampler.folder, kind=sampler.kind, out_dir=out_dir, device=sampler.provider_report.device,
         providers=sampler.providers, provider_note=sampler.provider_report.note,
-        samples=k if sampler.kind == "punet" else 1, results=[FileResult(p, "failed", e) for p, e in failures],
+        samples=opts.samples if sampler.kind == "punet" else 1, results=[FileResult(p, "failed", e) for p, e in failures],
     )
     report.formats = {str(f): v for f, v in formats.items()}
     report.engine = "single process"
@@ -156,30 +150,30 @@ def segment_scaled(
         on_file and on_file(r)
     on_start and on_start(len(files))
     _make_out_dir(out_dir)
-    opts = dict(outputs=outputs, resume=resume, k=k, tile=tile, halo=halo, normalize=normalize, threshold=threshold, seed=seed, ngff=ngff,
-                on_zarr=lambda info: report.blocks.__setitem__(str(info["path"]), (info["written"], info["blocks"])))
+    remove_stale_temps(out_dir, tif, opts.outputs)
+
+    def on_zarr(info: dict) -> None:
+        report.blocks[str(info["path"])] = (info["written"], info["blocks"])
+
     use_dask = bool(scheduler) or workers > 1
     with _engine(use_dask, workers, scheduler, threads) as (client, task_threads):
         ref = SamplerRef(str(sampler.folder), device, task_threads if use_dask else threads)
         register_sampler(sampler, ref)
         if not use_dask:
             for path in files:
-                result = segment_path(sampler, ref, path, out_dir, fmt=formats[path], on_block=on_block, **opts)
+                result = segment_path(sampler, ref, path, out_dir, opts, fmt=formats[path], on_block=on_block,
+                                      on_zarr=on_zarr, on_tile=on_tile)
                 _add(report, result, on_file)
         else:
             report.engine = f"dask: {scheduler}" if scheduler else f"dask LocalCluster, {workers} workers x {task_threads} threads"
-            _run_dask(client, sampler, ref, files, formats, out_dir, opts, report, on_file, on_block)
+            _run_dask(client, sampler, ref, files, formats, out_dir, opts, report, on_file, on_block, on_zarr)
     report.seconds = time.perf_counter() - t_start
     return report
 
 
-def _check_options(fmt, resume, overwrite, normalize, workers) -> None:
+def _check_options(fmt: str, workers: int) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite: choose one")
-    if normalize not in NORMALIZE:
-        raise ConfigError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZE)}")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: need at least 1 worker")
 
@@ -225,16 +219,15 @@ def _add(report: SegmentReport, result: FileResult, on_file) -> None:
         on_file(result)
 
 
-def _run_dask(client, sampler, ref, files, formats, out_dir, opts, report, on_file, on_block) -> None:
+def _run_dask(client, sampler, ref, files, formats, out_dir, opts: SegmentOptions, report, on_file, on_block, on_zarr) -> None:
     """TIFF files as tasks (all at once); OME-Zarr images one after the other, their blocks as tasks."""
     from .distributed import DaskRunner, file_task
 
     tif = [f for f in files if formats[f] == "tif"]
     runner = DaskRunner(client, label="segment")
-    task_opts = {k: v for k, v in opts.items() if k not in ("ngff", "on_zarr")}
     by_name = {str(f): f for f in tif}
     try:
-        for _, result in runner.run(file_task, [(str(f), (ref, str(f), str(out_dir), "tif", task_opts)) for f in tif]):
+        for _, result in runner.run(file_task, [(str(f), (ref, str(f), str(out_dir), "tif", opts)) for f in tif]):
             _add(report, result, on_file)
     except ProbdaError as e:
         done = {str(r.path) for r in report.results}
@@ -243,6 +236,6 @@ def _run_dask(client, sampler, ref, files, formats, out_dir, opts, report, on_fi
                 _add(report, FileResult(by_name[name], "failed", str(e)), on_file)
     for f in files:
         if formats[f] == "ome-zarr":
-            result = segment_path(sampler, ref, f, out_dir, fmt="ome-zarr", runner=DaskRunner(client, label=str(f)),
-                                  on_block=on_block, **opts)
+            result = segment_path(sampler, ref, f, out_dir, opts, fmt="ome-zarr", runner=DaskRunner(client, label=str(f)),
+                                  on_block=on_block, on_zarr=on_zarr)
             _add(report, result, on_file)

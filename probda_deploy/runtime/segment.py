@@ -11,8 +11,8 @@ on the order of the inputs or on how a batch is split.
 
 from __future__ import annotations
 
-import glob
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..data.io import list_images, read_image, write_tiff_atomic
+from ..data.io import read_image, write_tiff_atomic
 from ..errors import ConfigError, ProbdaError
 from .sampler import NORMALIZE, OnnxSampler, latent_eps
 
@@ -95,41 +95,51 @@ def output_paths(out_dir: Path, image: Path, outputs: Iterable[str]) -> dict[str
     return {kind: Path(out_dir) / f"{image.stem}_{kind}.tif" for kind in outputs}
 
 
-def segment_files(
-    model: str | Path | OnnxSampler,
-    inputs: str | Path | Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    samples: int | None = None,
-    tile: int | None | str = "auto",
-    halo: int | None = None,
-    device: str = "auto",
-    threads: int | None = None,
-    outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
-    threshold: float | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    normalize: str = "image",
-    on_start: Callable[[int], None] | None = None,
-    on_file: Callable[[FileResult], None] | None = None,
-    on_tile: Callable[[int, int], None] | None = None,
-) -> SegmentReport:
-    """Segment files, folders and globs into `out_dir`.
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What every image of a batch is segmented with, resolved against the model (see `resolve_options`)."""
 
-    Args:
-        model: export folder (or an OnnxSampler already loaded).
-        inputs: files, folders or glob patterns.
-        out_dir: output folder (created).
-        samples: K (default: the manifest's).
-        tile, halo, normalize: see OnnxSampler.predict.
-        device, threads: onnxruntime settings.
-        outputs: subset of OUTPUTS.
-        threshold: mask threshold on the mean probability (default: manifest, 0.5).
-        seed: base seed of the per-image latent draws.
-        resume: skip inputs whose outputs all exist.
-        overwrite: replace existing outputs.
-        on_start, on_file, on_tile: progress callbacks (total files; each result; tiles).
+    samples: int
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    threshold: float = 0.5
+    seed: int = 0
+    tile: int | None | str = "auto"
+    halo: int | None = None
+    normalize: str = "image"
+    resume: bool = False
+    overwrite: bool = False
+    ngff: str = "0.4"
+
+
+def resolve_options(sampler: OnnxSampler, *, samples: int | None = None, outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
+                    threshold: float | None = None, seed: int = 0, tile: int | None | str = "auto", halo: int | None = None,
+                    normalize: str = "image", resume: bool = False, overwrite: bool = False, ngff: str = "0.4") -> SegmentOptions:
+    """Check the user's options and fill the model's defaults (K and threshold from the manifest).
+
+    Raises:
+        ConfigError: unknown outputs or normalisation, negative sizes, K < 1, --resume with --overwrite.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: choose one")
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZE)}")
+    if isinstance(tile, int) and tile < 0 or halo is not None and halo < 0:
+        raise ConfigError(f"--tile {tile} / --halo {halo}: sizes must be >= 0")
+    k = sampler.default_samples if samples is None else int(samples)
+    if k < 1:
+        raise ConfigError(f"--samples {k}: need at least 1 sample")
+    threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
+    return SegmentOptions(samples=k, outputs=parse_outputs(outputs), threshold=threshold, seed=seed, tile=tile, halo=halo,
+                          normalize=normalize, resume=resume, overwrite=overwrite, ngff=ngff)
+
+
+def segment_files(model: str | Path | OnnxSampler, inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
+                  **options) -> SegmentReport:
+    """Segment files, folders and globs into `NAME_*.tif` outputs in `out_dir`, in this process.
+
+    The TIFF-only, single-process form of `scale.segment_scaled` (same keyword
+    options: samples, tile, halo, device, threads, outputs, threshold, seed,
+    resume, overwrite, normalize, on_start, on_file, on_tile).
 
     Returns:
         SegmentReport; failed files are in `report.failed`, never raised.
@@ -139,66 +149,25 @@ def segment_files(
             --resume/--overwrite.
         RuntimeModelError: invalid export folder.
     """
-    t_start = time.perf_counter()
-    outputs = parse_outputs(outputs)
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite: choose one")
-    if normalize not in NORMALIZE:
-        raise ConfigError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZE)}")
-    if isinstance(tile, int) and tile < 0 or halo is not None and halo < 0:
-        raise ConfigError(f"--tile {tile} / --halo {halo}: sizes must be >= 0")
-    sampler = model if isinstance(model, OnnxSampler) else OnnxSampler(model, device=device, threads=threads)
-    k = sampler.default_samples if samples is None else int(samples)
-    if k < 1:
-        raise ConfigError(f"--samples {k}: need at least 1 sample")
-    threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
-    out_dir = Path(out_dir)
-    files, results = _expand(inputs)
-    _check_clashes(files, out_dir, outputs, resume=resume, overwrite=overwrite)
-    report = SegmentReport(
-        model=sampler.folder, kind=sampler.kind, out_dir=out_dir, device=sampler.provider_report.device,
-        providers=sampler.providers, provider_note=sampler.provider_report.note,
-        samples=k if sampler.kind == "punet" else 1, results=results,
-    )
-    for r in results:
-        if on_file:
-            on_file(r)
-    if on_start:
-        on_start(len(files))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    opts = dict(k=k, tile=tile, halo=halo, normalize=normalize, threshold=threshold, seed=seed, on_tile=on_tile)
-    for path in files:
-        result = _segment_one(sampler, path, out_dir, outputs, resume=resume, **opts)
-        report.results.append(result)
-        if on_file:
-            on_file(result)
-    report.seconds = time.perf_counter() - t_start
-    return report
+    from .scale import segment_scaled
+
+    return segment_scaled(model, inputs, out_dir, fmt="tif", workers=1, **options)
 
 
-def _expand(inputs) -> tuple[list[Path], list[FileResult]]:
-    """Each input expanded on its own: a missing one fails alone."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    files: list[Path] = []
-    failures: list[FileResult] = []
-    for item in inputs:
-        try:
-            files += [f for f in list_images(item) if f not in files]
-        except ProbdaError as e:
-            failures.append(FileResult(Path(item), "failed", str(e)))
-    return files, failures
+def check_clashes(files: list[Path], out_dir: Path, opts: SegmentOptions) -> None:
+    """Refuse two inputs writing the same outputs, and existing outputs without --resume/--overwrite.
 
-
-def _check_clashes(files: list[Path], out_dir: Path, outputs, *, resume: bool, overwrite: bool) -> None:
+    Raises:
+        ConfigError: a clash.
+    """
     stems: dict[str, Path] = {}
     for f in files:
         if f.stem in stems:
             raise ConfigError(f"{stems[f.stem]} and {f}: both would write {out_dir}/{f.stem}_*.tif; segment them into separate output folders")
         stems[f.stem] = f
-    if resume or overwrite:
+    if opts.resume or opts.overwrite:
         return
-    existing = [p for f in files for p in output_paths(out_dir, f, outputs).values() if p.exists()]
+    existing = [p for f in files for p in output_paths(out_dir, f, opts.outputs).values() if p.exists()]
     if existing:
         raise ConfigError(
             f"{out_dir}: {len(existing)} output file(s) already exist (e.g. {existing[0].name}); "
@@ -206,23 +175,28 @@ def _check_clashes(files: list[Path], out_dir: Path, outputs, *, resume: bool, o
         )
 
 
-def _remove_stale_temps(paths: Iterable[Path]) -> None:
-    """Delete temp files a killed run left behind for these outputs."""
-    for p in paths:
-        for tmp in glob.glob(str(p.parent / f".{glob.escape(p.name)}.*.tmp")):
-            Path(tmp).unlink(missing_ok=True)
-            log.info("%s: removed leftover temp file of an interrupted run", tmp)
+def remove_stale_temps(out_dir: Path, files: list[Path], outputs: Iterable[str]) -> None:
+    """Delete temp files (`.NAME_kind.tif.XXXX.tmp`) a killed run left for these inputs' outputs (one folder scan)."""
+    names = {p.name for f in files for p in output_paths(out_dir, f, outputs).values()}
+    if not Path(out_dir).is_dir():
+        return
+    for entry in os.scandir(out_dir):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.name[1:-4].rsplit(".", 1)[0] in names:
+            Path(entry.path).unlink(missing_ok=True)
+            log.info("%s: removed leftover temp file of an interrupted run", entry.path)
 
 
-def _segment_one(sampler: OnnxSampler, path: Path, out_dir: Path, outputs, *, resume: bool, **opts) -> FileResult:
-    targets = output_paths(out_dir, path, outputs)
-    _remove_stale_temps(targets.values())
-    if resume and all(p.exists() for p in targets.values()):
+def segment_one(sampler: OnnxSampler, path: Path, out_dir: Path, opts: SegmentOptions, *,
+                on_tile: Callable[[int, int], None] | None = None) -> FileResult:
+    """Segment one file into its TIFF outputs; every problem becomes a failed FileResult."""
+    targets = output_paths(out_dir, path, opts.outputs)
+    if opts.resume and all(p.exists() for p in targets.values()):
         return FileResult(path, "skipped", outputs=tuple(targets.values()))
     t0 = time.perf_counter()
     try:
         image = read_image(path)
-        maps = segment_image(sampler, image, name=path.name, outputs=outputs, **opts)
+        maps = segment_image(sampler, image, name=path.name, outputs=opts.outputs, k=opts.samples, seed=opts.seed,
+                             threshold=opts.threshold, tile=opts.tile, halo=opts.halo, normalize=opts.normalize, on_tile=on_tile)
         for kind, target in targets.items():
             write_tiff_atomic(target, maps[kind], compression="zlib", photometric="minisblack")
     except ProbdaError as e:

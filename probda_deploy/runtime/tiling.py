@@ -19,8 +19,11 @@ grids line up with the whole-image run. Inputs only need numpy-style slicing
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from ..data.io import check_values
 
 
 @dataclass(frozen=True)
@@ -109,20 +112,40 @@ def read_window(image, window: tuple[int, int, int, int], *, multiple: int) -> n
     return block[np.ix_(ri - r0, ci - c0)]
 
 
-def image_stats(image, *, rows: int = 1024) -> tuple[float, float]:
+def image_stats(image, *, rows: int = 1024, path: str | Path | None = None) -> tuple[float, float]:
     """Mean and std (float64 accumulation) of a 2D array-like, read `rows` rows at a time.
+
+    Args:
+        path: name the image in errors; with it, NaN/inf pixels and a constant
+            image raise (the same checks as data.io.read_image, streamed).
 
     Returns:
         (mean, std) of all pixels, as Python floats.
+
+    Raises:
+        ImageReadError: NaN/inf pixels or a constant image (only when `path` is given).
     """
-    total, total_sq, n = 0.0, 0.0, 0
+    total, total_sq, n, nonfinite = 0.0, 0.0, 0, 0
+    lo, hi = np.inf, -np.inf
     h = image.shape[0]
-    mean_guess = float(np.asarray(image[: min(h, rows)], dtype=np.float64).mean())
+    first = np.asarray(image[: min(h, rows)], dtype=np.float64)
+    finite_first = first[np.isfinite(first)]
+    mean_guess = float(finite_first.mean()) if finite_first.size else 0.0
     for r in range(0, h, rows):
-        block = np.asarray(image[r : r + rows], dtype=np.float64) - mean_guess
+        raw = first if r == 0 else np.asarray(image[r : r + rows], dtype=np.float64)
+        finite = np.isfinite(raw)
+        bad = raw.size - int(np.count_nonzero(finite))
+        if bad:
+            nonfinite += bad
+            raw = raw[finite]
+        if raw.size:
+            lo, hi = min(lo, float(raw.min())), max(hi, float(raw.max()))
+        block = raw - mean_guess
         total += float(block.sum())
         total_sq += float((block * block).sum())
         n += block.size
-    mean = total / n
-    var = max(total_sq / n - mean * mean, 0.0)
+    if path is not None:
+        check_values(Path(path), nonfinite=nonfinite, lo=lo, hi=hi)
+    mean = total / max(n, 1)
+    var = max(total_sq / max(n, 1) - mean * mean, 0.0)
     return mean + mean_guess, var**0.5

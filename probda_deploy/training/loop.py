@@ -153,11 +153,13 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
             improved = last_metrics["val_metric"] < best
             best = min(best, last_metrics["val_metric"])
             ckpt = _checkpoint(strategy, optim, done, best, last_metrics, extra, cfg.seed)
-            save_checkpoint(ckpt, latest)
+            # latest.pt last: it is the commit point a resume starts from, so a kill between
+            # these writes only repeats work (resume drops metrics lines past latest.pt)
             if improved:
                 save_checkpoint({k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}, best_path)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps({**last_metrics, "best": improved}) + "\n")
+            save_checkpoint(ckpt, latest)
             logs = {**logs, **{k: v for k, v in last_metrics.items() if k.startswith("val")}}
         if on_progress is not None:
             on_progress(done, cfg.iterations, logs)
@@ -204,8 +206,19 @@ def _resume(strategy: Strategy, optim: _Optim, latest: Path, metrics_path: Path,
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{latest}: does not match this run's model/options ({str(e)[:160]})") from None
     start = int(ckpt["iteration"])
-    if metrics_path.exists():  # drop lines written after the checkpoint we resume from
-        lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["iteration"] <= start]
+    for name in ("latest.pt", "best.pt"):  # temp files of a checkpoint write that was killed
+        for stale in latest.parent.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    if metrics_path.exists():  # drop lines written after the checkpoint we resume from (or cut by a kill)
+        lines = [ln for ln in metrics_path.read_text().splitlines() if _metrics_iteration(ln) <= start]
         metrics_path.write_text("".join(ln + "\n" for ln in lines))
     log.info("resuming %s at iteration %d", latest.parent, start)
     return start, float(ckpt.get("best_metric", float("inf"))), dict(ckpt.get("metrics", {}))
+
+
+def _metrics_iteration(line: str) -> float:
+    """Iteration of a metrics.jsonl line; inf for a blank or half-written one (dropped on resume)."""
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -61,3 +61,15 @@ def write_tif(path: Path, array: np.ndarray) -> Path:
 def leftovers(folder: Path) -> list[str]:
     """Temp files left in a folder (there must be none after any run)."""
     return sorted(p.name for p in Path(folder).rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name)
+
+
+def labeled_folder(root: Path, n: int, shape=(32, 32), *, seed: int = 0, prefix: str = "good") -> tuple[Path, Path]:
+    """root/images and root/labels with `n` blob images and their binary labels (same stems)."""
+    images, labels = root / "images", root / "labels"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(exist_ok=True)
+    for i in range(n):
+        img = blobs(shape, seed=seed + i)
+        write_tif(images / f"{prefix}{i}.tif", img)
+        write_tif(labels / f"{prefix}{i}.tif", (img > 0.5).astype(np.uint8))
+    return images, labels

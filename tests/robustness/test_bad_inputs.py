@@ -18,7 +18,7 @@ import tifffile
 
 from probda_deploy.cli.app import app
 
-from .conftest import blobs, leftovers, write_tif
+from .conftest import blobs, labeled_folder, leftovers, write_tif
 
 OUTS = ("mask", "prob")
 
@@ -254,3 +254,74 @@ def test_train_bad_label_is_one_clear_error(labeled, tmp_path, runner):
     assert "mismatch.tif" in flat and "shape" in flat, res.stderr
     assert not (tmp_path / "run" / "best.pt").exists()
     assert leftovers(tmp_path) == []
+
+
+# train/adapt: every unusable file is reported before anything is trained; nothing is written
+TRAIN_BAD = {"truncated": "not a readable image", "nan": "NaN/inf", "constant": "constant", "stack4d": "4D array",
+             "mismatch": "shape", "nolabel": "no label file found"}
+
+
+def _training_folder(root: Path) -> tuple[Path, Path]:
+    img_dir, lab_dir = labeled_folder(root, 3, seed=20)
+    good = (img_dir / "good0.tif").read_bytes()
+    (img_dir / "truncated.tif").write_bytes(good[: len(good) // 3])
+    nan = blobs((32, 32), seed=30)
+    nan[5, 5] = np.nan
+    write_tif(img_dir / "nan.tif", nan)
+    write_tif(img_dir / "constant.tif", np.zeros((32, 32), np.uint8))
+    write_tif(img_dir / "stack4d.tif", np.ones((2, 2, 32, 32), np.float32))
+    write_tif(img_dir / "mismatch.tif", blobs((32, 32), seed=31))
+    write_tif(img_dir / "nolabel.tif", blobs((32, 32), seed=32))
+    for name in ("truncated", "nan", "constant", "stack4d"):
+        write_tif(lab_dir / f"{name}.tif", np.zeros((32, 32), np.uint8))
+    write_tif(lab_dir / "mismatch.tif", np.zeros((16, 32), np.uint8))
+    return img_dir, lab_dir
+
+
+def _assert_each_reported(res, folder: Path, cases: dict[str, str]) -> None:
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    errors = _error_lines(res)
+    for name, fragment in cases.items():
+        hits = [e for e in errors if f"{folder / name}.tif" in e]
+        assert len(hits) == 1 and fragment in hits[0], (name, res.stderr)
+
+
+def test_train_reports_every_unusable_file_and_writes_nothing(tmp_path, runner):
+    img_dir, lab_dir = _training_folder(tmp_path)
+    args = ["train", "-i", str(img_dir), "-l", str(lab_dir), "-o", str(tmp_path / "run"), "--model", "unet-small",
+            "--iterations", "1", "--patch-size", "16", "--batch-size", "1", "--device", "cpu", "--quiet"]
+    res = runner.invoke(app, args)
+    # missing labels are found first (pairing), then every unreadable pair is listed
+    _assert_each_reported(res, img_dir, {"nolabel": TRAIN_BAD["nolabel"]})
+    assert not (tmp_path / "run").exists()
+    (img_dir / "nolabel.tif").unlink()
+    res = runner.invoke(app, args)
+    bad = {k: v for k, v in TRAIN_BAD.items() if k not in ("nolabel", "mismatch")}
+    _assert_each_reported(res, img_dir, bad)
+    assert sum(f"{lab_dir / 'mismatch.tif'}" in e and "shape" in e for e in _error_lines(res)) == 1, res.stderr
+    assert "5 of 8 image/label pairs cannot be used" in " ".join(res.stderr.split()), res.stderr
+    assert not (tmp_path / "run").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_adapt_reports_every_unusable_target_image_and_writes_nothing(robust_ckpt, tmp_path, runner):
+    target = tmp_path / "target"
+    target.mkdir()
+    for i in range(3):
+        write_tif(target / f"good{i}.tif", blobs((32, 32), seed=40 + i))
+    good = (target / "good0.tif").read_bytes()
+    (target / "truncated.tif").write_bytes(good[: len(good) // 2])
+    (target / "zero_bytes.tif").write_bytes(b"")
+    (target / "text.tif").write_text("not an image")
+    inf = blobs((32, 32), seed=43)
+    inf[0, 0] = np.inf
+    write_tif(target / "inf.tif", inf)
+    write_tif(target / "constant.tif", np.full((32, 32), 3.0, np.float32))
+    res = runner.invoke(app, ["adapt", str(robust_ckpt), "-t", str(target), "-o", str(tmp_path / "run"), "--iterations", "1",
+                              "--patch-size", "16", "--batch-size", "1", "--samples", "2", "--device", "cpu", "--quiet"])
+    _assert_each_reported(res, target, {"truncated": "not a readable image", "zero_bytes": "empty file", "text": "not a readable image",
+                                        "inf": "NaN/inf", "constant": "constant"})
+    assert "5 of 8 images cannot be used" in " ".join(res.stderr.split()), res.stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -14,6 +14,7 @@ from probda_deploy.errors import ConfigError, ImageReadError
 from probda_deploy.runtime import OnnxSampler, latent_eps
 from probda_deploy.runtime import ome_zarr as oz
 from probda_deploy.runtime.blockwise import SamplerRef, register_sampler, segment_to_zarr, settings_for
+from probda_deploy.data.io import read_image
 from probda_deploy.runtime.chunked import open_image
 from probda_deploy.runtime.scale import segment_scaled
 from probda_deploy.runtime.segment import segment_image
@@ -156,16 +157,21 @@ def test_chunked_inputs(tmp_path):
     img = synthetic(np.arange(130), np.arange(150))
     tifffile.imwrite(tmp_path / "plain.tif", img)
     tifffile.imwrite(tmp_path / "tiled.tif", img, tile=(64, 64), compression="zlib")
-    assert isinstance(open_image(tmp_path / "plain.tif"), np.memmap)
+    assert isinstance(open_image(tmp_path / "plain.tif").array, np.memmap)
     np.testing.assert_array_equal(open_image(tmp_path / "tiled.tif")[10:70, 20:90], img[10:70, 20:90])
     z = zarr.open_array(str(tmp_path / "t.zarr"), mode="w", shape=(1, 1, 130, 150), chunks=(1, 1, 64, 64), dtype="float32")
     z[0, 0] = img
     view = open_image(tmp_path / "t.zarr")
     assert view.shape == (130, 150)
     np.testing.assert_array_equal(view[5:9, 7:11], img[5:9, 7:11])
-    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((20, 20, 3), np.uint8))
-    with pytest.raises(ImageReadError, match="grayscale"):
-        open_image(tmp_path / "rgb.tif")
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    gray = open_image(tmp_path / "rgb.tif")
+    assert gray.shape == (20, 24)
+    np.testing.assert_allclose(gray[3:9, 2:20], read_image(tmp_path / "rgb.tif")[3:9, 2:20], rtol=1e-6)
+    tifffile.imwrite(tmp_path / "stack4d.tif", np.ones((2, 2, 8, 8), np.float32))
+    with pytest.raises(ImageReadError, match="4D array"):
+        open_image(tmp_path / "stack4d.tif")
     with pytest.raises(ImageReadError, match="no such file"):
         open_image(tmp_path / "missing.zarr")
 

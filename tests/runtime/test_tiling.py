@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from probda_deploy.runtime import OnnxSampler, plan_tiles
 from probda_deploy.runtime import sampler as sampler_module

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import json
 import pytest
@@ -65,6 +64,6 @@ def test_unet_source_training_learns(source_data, tmp_path):
     from dataclasses import replace
 
     cfg = replace(CFG, model="unet-small", iterations=30, val_every=15, lr=3e-3, augment="paper")
-    res = train_source(*source_data, run_dir=tmp_path / "u", config=cfg, model_options=OPTS)
+    train_source(*source_data, run_dir=tmp_path / "u", config=cfg, model_options=OPTS)
     lines = [json.loads(x) for x in (tmp_path / "u" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["val_dice"] > 0.5
