@@ -67,8 +67,9 @@ def soak(export: Path, images: Path, out: Path, n: int) -> tuple[list[tuple[int,
     """Run the CLI; returns ([(images done, RSS MB)], seconds, exit code)."""
     probda = Path(sys.executable).with_name("probda")
     t0 = time.perf_counter()
+    errors = tempfile.TemporaryFile()  # not a pipe: a child with many error lines must never block on it
     proc = subprocess.Popen([str(probda), "segment", str(export), str(images), "-o", str(out), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=errors)
     samples: list[tuple[int, float]] = []
     while proc.poll() is None:
         rss = rss_mb(proc.pid)
@@ -76,9 +77,10 @@ def soak(export: Path, images: Path, out: Path, n: int) -> tuple[list[tuple[int,
         if rss is not None:
             samples.append((done, rss))
         time.sleep(0.1)
-    err = proc.stderr.read().decode()
     if proc.returncode:
-        print(err, file=sys.stderr)
+        errors.seek(0)
+        print(errors.read().decode()[-4000:], file=sys.stderr)
+    errors.close()
     return samples, time.perf_counter() - t0, proc.returncode
 
 

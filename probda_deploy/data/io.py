@@ -73,6 +73,11 @@ def _read_raw(path: Path) -> np.ndarray:
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
+def is_rgb_shape(shape: tuple[int, ...]) -> bool:
+    """(..., H, W, 3|4) with H, W > 4: colour samples in the last axis (the rule for in-memory and streamed reads)."""
+    return len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4
+
+
 def warn_grayscale(path: Path, channels: int) -> None:
     log.warning("%s: RGB%s image converted to grayscale", path, "A" if channels == 4 else "")
 
@@ -103,7 +108,7 @@ def read_image(path: str | Path, *, allow_stack: bool = True) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
     arr = np.squeeze(arr) if arr.ndim > 2 else arr
-    if arr.ndim >= 3 and arr.shape[-1] in (3, 4) and min(arr.shape[-3:-1]) > 4:
+    if is_rgb_shape(arr.shape):
         arr = to_grayscale(arr, path)
     if arr.ndim == 1 or arr.ndim == 0:
         # squeeze of a 1xN image; keep it 2D

@@ -33,7 +33,7 @@ def match_labels(images: str | Path | list[Path], labels: str | Path | None = No
     as `NAME_masks.tif` / `NAME_labels.tif` and those files are not images.
 
     Raises:
-        LabelMatchError: an image has no label, or a label matches several images.
+        LabelMatchError: images without a label or with several (all listed, one line each).
     """
     if labels is None:
         folder = Path(images) if not isinstance(images, list) else None
@@ -51,19 +51,18 @@ def match_labels(images: str | Path | list[Path], labels: str | Path | None = No
     by_key: dict[str, list[Path]] = {}
     for lab in label_files:
         by_key.setdefault(_label_key(lab), []).append(lab)
-    pairs, missing = [], []
+    where = labels if labels is not None else "next to the images"
+    pairs, problems = [], []
     for img in image_files:
         cands = by_key.get(_base_stem(img), [])
         if not cands:
-            missing.append(img)
+            problems.append(f"{img}: no label file found in {where} (expected {_base_stem(img)}.tif or {_base_stem(img)}_masks.tif)")
         elif len(cands) > 1:
-            raise LabelMatchError(f"{img}: several label files match ({', '.join(c.name for c in cands)}); keep one")
+            problems.append(f"{img}: several label files match ({', '.join(c.name for c in cands)}); keep one")
         else:
             pairs.append((img, cands[0]))
-    if missing:
-        where = labels if labels is not None else "next to the images"
-        lines = [f"{m}: no label file found in {where} (expected {_base_stem(m)}.tif or {_base_stem(m)}_masks.tif)" for m in missing]
-        if len(missing) > 1:
-            lines.append(f"{len(missing)} of {len(image_files)} images have no label; add the labels or remove the images")
-        raise LabelMatchError("\n".join(lines))
+    if problems:
+        if len(problems) > 1:
+            problems.append(f"{len(problems)} of {len(image_files)} images have no unique label; fix the labels or remove the images")
+        raise LabelMatchError("\n".join(problems))
     return pairs

@@ -24,11 +24,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..data.io import check_values
 from ..errors import ConfigError
 from . import ome_zarr as oz
 from .chunked import open_image, plane
 from .sampler import AUTO_TILE, AUTO_TILE_LIMIT, OnnxSampler, latent_eps
-from .tiling import Tile, image_stats, padded_shape, plan_tiles, read_window
+from .tiling import Tile, padded_shape, plan_tiles, read_window, scan_stats
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,13 @@ class LocalRunner:
 
 
 # ------------------------------------------------------------------ tasks
-def stats_task(image_path: str, z: int, normalize: str) -> tuple[float, float] | None:
-    """Whole-plane (mean, std), streamed; None unless normalize == "image".
+def stats_task(image_path: str, z: int) -> tuple[float, float, float, float, int]:
+    """(mean, std, min, max, NaN/inf count) of plane z, streamed.
 
-    The pass always runs: it refuses NaN/inf pixels and constant planes before any output exists.
+    Always run (whatever the normalisation): `_prepare` refuses NaN/inf pixels and
+    constant images from these numbers before any output exists.
     """
-    image = open_image(image_path)
-    name = f"{image_path}[{z}]" if image.ndim == 3 else image_path
-    stats = image_stats(plane(image, z), path=name)
-    return stats if normalize == "image" else None
+    return scan_stats(plane(open_image(image_path, warn=False), z))
 
 
 def _window(sampler: OnnxSampler, image, t: Tile, normalize: str, stats) -> np.ndarray:
@@ -104,7 +103,7 @@ def _window(sampler: OnnxSampler, image, t: Tile, normalize: str, stats) -> np.n
 def prior_task(ref: SamplerRef, image_path: str, z: int, tile: Tile, normalize: str, stats) -> np.ndarray:
     """Prior trunk of one tile summed over its core: (1, C) float64."""
     sampler = cached_sampler(ref)
-    x = _window(sampler, plane(open_image(image_path), z), tile, normalize, stats)
+    x = _window(sampler, plane(open_image(image_path, warn=False), z), tile, normalize, stats)
     trunk = sampler._sessions["prior"].run(["prior_features"], {"image": x})[0]
     ys, xs = tile.core_in_window(sampler.multiple)
     return trunk[:, :, ys, xs].sum(axis=(2, 3), dtype=np.float64)
@@ -114,7 +113,7 @@ def block_task(ref: SamplerRef, image_path: str, out: str, layout: oz.ZarrLayout
                settings: BlockSettings, stats, latents) -> str:
     """Predict one block and write it (all levels) into `out`; returns its key."""
     sampler = cached_sampler(ref)
-    image = plane(open_image(image_path), z)
+    image = plane(open_image(image_path, warn=False), z)
     maps = predict_block(sampler, image, tile, normalize=settings.normalize, stats=stats, z=latents)
     maps["mask"] = (maps["prob"] >= settings.threshold).astype(np.uint8)
     origin = ((z,) if len(layout.shape) == 3 else ()) + (tile.core[0], tile.core[2])
@@ -195,7 +194,9 @@ def _prepare(runner, ref, sampler, image_path, final: Path, shape, tiles, chunk,
     if partial.exists():
         log.info("%s: removing the partial output of an earlier run (no --resume)", partial)
         shutil.rmtree(partial)
-    stats = [s for _, s in sorted(runner.run(stats_task, [(str(z), (image_path, z, settings.normalize)) for z in range(nplanes)]), key=lambda kv: int(kv[0]))]
+    scans = [s for _, s in sorted(runner.run(stats_task, [(str(z), (image_path, z)) for z in range(nplanes)]), key=lambda kv: int(kv[0]))]
+    check_values(Path(image_path), nonfinite=sum(s[4] for s in scans), lo=min(s[2] for s in scans), hi=max(s[3] for s in scans))
+    stats = [(s[0], s[1]) if settings.normalize == "image" else None for s in scans]
     lat = _latents(runner, ref, sampler, image_path, shape, tiles, settings, stats)
     meta = {**want, "stats": [list(s) if s is not None else None for s in stats],
             "latents": [v.tolist() if v is not None else None for v in lat]}

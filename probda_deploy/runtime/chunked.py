@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.io import LUMA, check_readable, read_image, unreadable, warn_grayscale
+from ..data.io import LUMA, check_readable, is_rgb_shape, read_image, unreadable, warn_grayscale
 from ..errors import ImageReadError
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,8 @@ class LazyImage:
         index = index + (slice(None),) * (self.ndim - len(index))
         try:
             out = np.asarray(self.array[self.lead + index])
-        except ImageReadError:
-            raise
-        except Exception as e:  # decoders raise many types for corrupt files
-            raise unreadable(self.path, e) from None
+        except Exception as e:
+            raise _read_error(self.path, e) from None
         return out[..., :3].astype(np.float64) @ LUMA if self.rgb else out
 
     def __array__(self, dtype=None, copy=None):
@@ -74,14 +72,15 @@ class LazyImage:
 
 def plane(image, z: int):
     """Lazy (H, W) plane z of a (Z, H, W) array-like; a 2D image is returned as is."""
-    return image if image.ndim == 2 else LazyImage(image, getattr(image, "path", ""), lead=(z,))
+    return image if image.ndim == 2 else LazyImage(image, getattr(image, "path", "image"), lead=(z,))
 
 
-def open_image(path: str | Path):
+def open_image(path: str | Path, *, warn: bool = True):
     """Open an image for windowed reads without loading it.
 
     Args:
         path: `.zarr` folder, `.tif/.tiff` file (or PNG/JPEG, read whole).
+        warn: log conversions (RGB -> grayscale); tasks that reopen a file pass False.
 
     Returns:
         LazyImage (H, W) or (Z, H, W) with `.shape`, `.dtype`, `.ndim` and slicing
@@ -89,23 +88,27 @@ def open_image(path: str | Path):
 
     Raises:
         ImageReadError: missing, empty, unreadable or corrupt file, unsupported dtype or layout.
+        OSError, MemoryError: system-level failures (worth a retry), not a verdict on the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file or folder")
     check_readable(path, folder_ok=is_zarr_path(path))
     try:
         if is_zarr_path(path):
-            array, rgb = _open_zarr(path), False
+            array = _open_zarr(path)
         elif is_tiff_path(path):
-            array, rgb = _open_tiff(path)
+            array = _open_tiff(path)
         else:
             return read_image(path)
-    except ImageReadError:
-        raise
-    except Exception as e:  # tifffile/zarr raise many types for corrupt files
-        raise unreadable(path, e) from None
-    return _squeeze(array, path, rgb)
+    except Exception as e:
+        raise _read_error(path, e) from None
+    return _squeeze(array, path, warn=warn)
+
+
+def _read_error(path: Path, error: Exception) -> Exception:
+    """Decoder failures become `PATH: not a readable image (...)`; system errors (errno set, memory) pass unchanged."""
+    if isinstance(error, (ImageReadError, MemoryError)) or (isinstance(error, OSError) and error.errno is not None):
+        return error
+    return unreadable(path, error)
 
 
 def _open_zarr(path: Path):
@@ -125,35 +128,32 @@ def _open_zarr(path: Path):
 
 
 def _open_tiff(path: Path):
-    """(array, rgb): a memory map when the data is contiguous, else tifffile's zarr store."""
+    """A memory map when the data is contiguous and uncompressed, else tifffile's zarr store."""
     import tifffile
 
-    with tifffile.TiffFile(str(path)) as tif:
-        axes = tif.series[0].axes
     try:
-        array = tifffile.memmap(str(path), mode="r")
+        return tifffile.memmap(str(path), mode="r")
     except (ValueError, OSError):
         import zarr
 
         node = zarr.open(tifffile.imread(str(path), aszarr=True), mode="r")
-        array = node if isinstance(node, zarr.Array) else node["0"]
-    return array, axes.endswith("S") and array.shape[-1] in (3, 4)
+        return node if isinstance(node, zarr.Array) else node["0"]
 
 
-def _squeeze(array, path: Path, rgb: bool):
+def _squeeze(array, path: Path, *, warn: bool):
     dtype = np.dtype(array.dtype)
     if dtype.kind not in "uif":
         raise ImageReadError(f"{path}: unsupported pixel type {dtype}; give a grayscale integer or float image")
-    shape = tuple(array.shape[:-1] if rgb else array.shape)
+    full = tuple(array.shape)
     lead = 0
-    while len(shape) - lead > 3 and shape[lead] == 1:
+    while len(full) - lead > 2 and full[lead] == 1:  # singleton t, c, z axes
         lead += 1
-    if len(shape) - lead > 3 or len(shape) < 2:
-        raise ImageReadError(f"{path}: {len(shape)}D array {shape} is not supported; give 2D images or 3D (Z, H, W) stacks")
-    if len(shape) - lead == 3 and shape[lead] == 1:
-        lead += 1
-    if rgb:  # every task reopens the file: the CLI shows each message once
-        warn_grayscale(path, array.shape[-1])
+    rgb = is_rgb_shape(full[lead:])
+    shape = full[lead:-1] if rgb else full[lead:]
+    if len(shape) > 3 or len(shape) < 2:
+        raise ImageReadError(f"{path}: {len(full)}D array {full} is not supported; give 2D images or 3D (Z, H, W) stacks")
+    if rgb and warn:
+        warn_grayscale(path, full[-1])
     return LazyImage(array, path, lead=(0,) * lead, rgb=rgb)
 
 
@@ -169,8 +169,8 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
     return tuple(read_image(path).shape)
 
 
-def list_inputs(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Expand inputs like data.io.list_images, also accepting `*.zarr` folders.
+def list_inputs(inputs, *, zarr: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand inputs like data.io.list_images, also accepting `*.zarr` folders (unless `zarr` is False).
 
     Returns:
         (files, failures): failures are (input, error message) of inputs that did not expand.
@@ -185,10 +185,10 @@ def list_inputs(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
     for item in inputs:
         p = Path(item)
         try:
-            if is_zarr_path(p):
+            if zarr and is_zarr_path(p):
                 found = [p]
             elif p.is_dir():
-                zarrs = sorted(q for q in p.iterdir() if is_zarr_path(q) and not q.name.startswith("."))
+                zarrs = sorted(q for q in p.iterdir() if zarr and is_zarr_path(q) and not q.name.startswith("."))
                 try:
                     found = sorted(set(list_images(p)) | set(zarrs))
                 except ProbdaError:

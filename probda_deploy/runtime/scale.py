@@ -130,7 +130,7 @@ def segment_scaled(
     sampler = model if isinstance(model, OnnxSampler) else OnnxSampler(model, device=device, threads=threads)
     opts = resolve_options(sampler, **options)
     out_dir = Path(out_dir)
-    files, failures = list_inputs(inputs)
+    files, failures = list_inputs(inputs, zarr=fmt != "tif")
     formats = {f: choose_format(f, fmt) for f in files}
     if fmt == "ome-zarr" and "labels" in opts.outputs:
         raise ConfigError("--outputs labels: connected components are not written to OME-Zarr; drop labels or use --format tif")

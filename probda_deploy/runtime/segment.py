@@ -133,13 +133,43 @@ def resolve_options(sampler: OnnxSampler, *, samples: int | None = None, outputs
                           normalize=normalize, resume=resume, overwrite=overwrite, ngff=ngff)
 
 
-def segment_files(model: str | Path | OnnxSampler, inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
-                  **options) -> SegmentReport:
+def segment_files(
+    model: str | Path | OnnxSampler,
+    inputs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    samples: int | None = None,
+    tile: int | None | str = "auto",
+    halo: int | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
+    threshold: float | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    normalize: str = "image",
+    on_start: Callable[[int], None] | None = None,
+    on_file: Callable[[FileResult], None] | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> SegmentReport:
     """Segment files, folders and globs into `NAME_*.tif` outputs in `out_dir`, in this process.
 
-    The TIFF-only, single-process form of `scale.segment_scaled` (same keyword
-    options: samples, tile, halo, device, threads, outputs, threshold, seed,
-    resume, overwrite, normalize, on_start, on_file, on_tile).
+    The TIFF-only, one-process form of `scale.segment_scaled`.
+
+    Args:
+        model: export folder (or an OnnxSampler already loaded).
+        inputs: files, folders or glob patterns.
+        out_dir: output folder (created).
+        samples: K (default: the manifest's).
+        tile, halo, normalize: see OnnxSampler.predict.
+        device, threads: onnxruntime settings.
+        outputs: subset of OUTPUTS.
+        threshold: mask threshold on the mean probability (default: manifest, 0.5).
+        seed: base seed of the per-image latent draws.
+        resume: skip inputs whose outputs all exist.
+        overwrite: replace existing outputs.
+        on_start, on_file, on_tile: progress callbacks (total files; each result; tiles).
 
     Returns:
         SegmentReport; failed files are in `report.failed`, never raised.
@@ -151,7 +181,12 @@ def segment_files(model: str | Path | OnnxSampler, inputs: str | Path | Sequence
     """
     from .scale import segment_scaled
 
-    return segment_scaled(model, inputs, out_dir, fmt="tif", workers=1, **options)
+    return segment_scaled(
+        model, inputs, out_dir, fmt="tif", workers=1, device=device, threads=threads,
+        on_start=on_start, on_file=on_file, on_tile=on_tile,
+        samples=samples, tile=tile, halo=halo, outputs=outputs, threshold=threshold, seed=seed,
+        resume=resume, overwrite=overwrite, normalize=normalize,
+    )
 
 
 def check_clashes(files: list[Path], out_dir: Path, opts: SegmentOptions) -> None:

@@ -19,11 +19,8 @@ grids line up with the whole-image run. Inputs only need numpy-style slicing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from ..data.io import check_values
 
 
 @dataclass(frozen=True)
@@ -112,18 +109,20 @@ def read_window(image, window: tuple[int, int, int, int], *, multiple: int) -> n
     return block[np.ix_(ri - r0, ci - c0)]
 
 
-def image_stats(image, *, rows: int = 1024, path: str | Path | None = None) -> tuple[float, float]:
+def image_stats(image, *, rows: int = 1024) -> tuple[float, float]:
     """Mean and std (float64 accumulation) of a 2D array-like, read `rows` rows at a time.
-
-    Args:
-        path: name the image in errors; with it, NaN/inf pixels and a constant
-            image raise (the same checks as data.io.read_image, streamed).
 
     Returns:
         (mean, std) of all pixels, as Python floats.
+    """
+    return scan_stats(image, rows=rows)[:2]
 
-    Raises:
-        ImageReadError: NaN/inf pixels or a constant image (only when `path` is given).
+
+def scan_stats(image, *, rows: int = 1024) -> tuple[float, float, float, float, int]:
+    """One streamed pass over a 2D array-like: mean, std, min, max of the finite pixels and the NaN/inf count.
+
+    Returns:
+        (mean, std, min, max, nonfinite); min > max when no pixel is finite.
     """
     total, total_sq, n, nonfinite = 0.0, 0.0, 0, 0
     lo, hi = np.inf, -np.inf
@@ -144,8 +143,6 @@ def image_stats(image, *, rows: int = 1024, path: str | Path | None = None) -> t
         total += float(block.sum())
         total_sq += float((block * block).sum())
         n += block.size
-    if path is not None:
-        check_values(Path(path), nonfinite=nonfinite, lo=lo, hi=hi)
     mean = total / max(n, 1)
     var = max(total_sq / max(n, 1) - mean * mean, 0.0)
-    return mean + mean_guess, var**0.5
+    return mean + mean_guess, var**0.5, lo, hi, nonfinite

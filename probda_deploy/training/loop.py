@@ -116,12 +116,17 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
 
     Raises:
         ConfigError: run_dir already holds a run and resume is False.
-        CheckpointError: resume without a usable latest.pt.
+        CheckpointError: --resume of a run folder that does not exist, or whose latest.pt does not match this run.
     """
     run_dir = Path(run_dir)
     latest, best_path, metrics_path = run_dir / "latest.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
     if latest.exists() and not resume:
         raise ConfigError(f"{run_dir}: already holds a run (latest.pt); pass --resume to continue it or choose another -o")
+    if resume and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: nothing to resume (no such run folder); check -o or start without --resume")
+    if not latest.exists():
+        _clear_orphans(run_dir, resume)
+        resume = False
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     strategy.to(dev)
@@ -193,9 +198,21 @@ def _checkpoint(strategy: Strategy, optim: _Optim, iteration: int, best: float, 
     )
 
 
+def _clear_orphans(run_dir: Path, resume: bool) -> None:
+    """A run killed before its first latest.pt leaves metrics.jsonl / best.pt / temp files: start over cleanly."""
+    if not run_dir.is_dir():
+        return
+    orphans = [run_dir / "metrics.jsonl", run_dir / "best.pt", *run_dir.glob(".latest.pt.*.tmp"), *run_dir.glob(".best.pt.*.tmp")]
+    orphans = [p for p in orphans if p.exists()]
+    for p in orphans:
+        p.unlink()
+    if resume:
+        log.warning("%s: no latest.pt to resume from (the run stopped before its first checkpoint); starting at iteration 0", run_dir)
+    elif orphans:
+        log.info("%s: removed %d file(s) of a run that stopped before its first checkpoint", run_dir, len(orphans))
+
+
 def _resume(strategy: Strategy, optim: _Optim, latest: Path, metrics_path: Path, dev: torch.device) -> tuple[int, float, dict]:
-    if not latest.exists():
-        raise CheckpointError(f"{latest}: nothing to resume (no latest.pt in the run folder); start without --resume")
     ckpt = load_checkpoint(latest, map_location=dev)
     if ckpt.get("strategy") != strategy.name:
         raise CheckpointError(f"{latest}: run was made by '{ckpt.get('strategy')}', not '{strategy.name}'; cannot resume it with this command")

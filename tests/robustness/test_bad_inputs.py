@@ -39,6 +39,8 @@ GOOD = {
     "u8": (24, 28), "u16": (24, 28), "i32": (24, 28), "f64": (24, 28),
     "tiny3x5": (3, 5), "elongated": (2, 300), "tall": (300, 2),
     "rgb": (24, 28), "rgba": (24, 28), "stack3d": (3, 20, 22),
+    "rgb_minisblack": (24, 28),  # (H, W, 3) samples stored without the RGB tag: same rule as tagged RGB
+    "blank_plane_stack": (3, 20, 22),  # one constant plane: the stack as a whole is valid
 }
 
 
@@ -57,6 +59,10 @@ def _write_cases(folder: Path) -> None:
     tifffile.imwrite(folder / "rgb.tif", rgb, photometric="rgb")
     tifffile.imwrite(folder / "rgba.tif", np.concatenate([rgb, np.full_like(rgb[..., :1], 255)], -1), photometric="rgb", extrasamples=["unassalpha"])
     tifffile.imwrite(folder / "stack3d.tif", np.stack([blobs((20, 22), seed=s) for s in range(3)]), photometric="minisblack")
+    tifffile.imwrite(folder / "rgb_minisblack.tif", rgb, photometric="minisblack")
+    blank = np.stack([blobs((20, 22), seed=s) for s in range(3)])
+    blank[1] = 0
+    tifffile.imwrite(folder / "blank_plane_stack.tif", blank, photometric="minisblack")
     # bad ones
     good_bytes = (folder / "u16.tif").read_bytes()
     (folder / "truncated.tif").write_bytes(good_bytes[: len(good_bytes) // 3])
@@ -325,3 +331,20 @@ def test_adapt_reports_every_unusable_target_image_and_writes_nothing(robust_ckp
                                         "inf": "NaN/inf", "constant": "constant"})
     assert "5 of 8 images cannot be used" in " ".join(res.stderr.split()), res.stderr
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_evaluate_bad_images(robust_export, tmp_path, runner):
+    img_dir, lab_dir = labeled_folder(tmp_path, 2, seed=50)
+    good = (img_dir / "good0.tif").read_bytes()
+    (img_dir / "truncated.tif").write_bytes(good[: len(good) // 3])
+    (img_dir / "zero_bytes.tif").write_bytes(b"")
+    nan = blobs((32, 32), seed=52)
+    nan[1, 1] = np.nan
+    write_tif(img_dir / "nan.tif", nan)
+    for name in ("truncated", "zero_bytes", "nan"):
+        write_tif(lab_dir / f"{name}.tif", np.zeros((32, 32), np.uint8))
+    res = runner.invoke(app, ["evaluate", str(robust_export), "-i", str(img_dir), "-l", str(lab_dir), "-k", "2",
+                              "--out", str(tmp_path / "eval"), "--quiet"])
+    _assert_each_reported(res, img_dir, {"truncated": "not a readable image", "zero_bytes": "empty file", "nan": "NaN/inf"})
+    assert "2 evaluated, 3 failed" in " ".join(res.stdout.split())
+    assert leftovers(tmp_path / "eval") == []

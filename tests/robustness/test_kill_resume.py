@@ -133,7 +133,8 @@ def test_sigkill_training_then_resume_equals_uninterrupted(command, robust_ckpt,
     killed, ref = tmp_path / "killed", tmp_path / "ref"
 
     _kill_when(_probda(*_training_args(command, data, robust_ckpt, config, killed)), lambda: _metrics_lines(killed) >= 3, command)
-    assert leftovers(killed) == [] or all(p.endswith(".tmp") for p in leftovers(killed))
+    # at most the temp file of the checkpoint being written when the kill came
+    assert all(p.startswith((".latest.pt.", ".best.pt.")) for p in leftovers(killed)), leftovers(killed)
     at_kill = int(load_checkpoint(killed / "latest.pt")["iteration"])  # complete and loadable after the kill
     assert VAL_EVERY <= at_kill < TRAIN_ITERATIONS
 

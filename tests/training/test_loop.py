@@ -1,5 +1,6 @@
 
 import json
+import logging
 import pytest
 import torch
 
@@ -51,6 +52,27 @@ def test_existing_run_needs_resume_and_resume_needs_run(source_data, tmp_path):
         train_source(images, labels, run_dir=tmp_path / "r", config=cfg, model_options=OPTS)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train_source(images, labels, run_dir=tmp_path / "empty", config=cfg, model_options=OPTS, resume=True)
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(source_data, tmp_path, caplog):
+    """metrics.jsonl / best.pt / temp files without a latest.pt are orphans: cleared, and the run starts at 0."""
+    from dataclasses import replace
+
+    cfg = replace(CFG, iterations=2, val_every=1)
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"iteration": 1, "val_metric": 0.5}\n{"iter')
+    (run / ".latest.pt.abc.tmp").write_bytes(b"half")
+    logger = logging.getLogger("probda_deploy")  # the CLI's setup_logging stops propagation to caplog's root handler
+    logger.addHandler(caplog.handler)
+    try:
+        res = train_source(*source_data, run_dir=run, config=cfg, model_options=OPTS, resume=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "no latest.pt to resume from" in caplog.text
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [1, 2] and res.iterations == 2
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
 def test_patch_size_must_fit_network(source_data, tmp_path):
