@@ -64,43 +64,24 @@ def segment(
     tile_arg = "auto" if tile is None else (None if tile == 0 else tile)
     with make_progress(quiet) as progress:
         files = progress.add_task("segment", total=None, info="")
-        tiles = None
-        blocks = None
+        tiles, blocks = _SubProgress(progress, "  tiles"), _SubProgress(progress, "  blocks")
 
         def on_start(total: int) -> None:
             progress.update(files, total=total)
 
         def on_file(result) -> None:
-            nonlocal tiles, blocks
             if result.status == "failed":
                 err.print(f"[bold red]error:[/] {result.error}", markup=True, highlight=False, soft_wrap=True)
             if progress.tasks[files].total is not None:
                 progress.update(files, advance=1, info=Path(result.path).name)
-            if tiles is not None:
-                progress.update(tiles, visible=False)
-                tiles = None
-            if blocks is not None:
-                progress.update(blocks, visible=False)
-                blocks = None
-
-        def on_block(done: int, total: int) -> None:
-            nonlocal blocks
-            if blocks is None:
-                blocks = progress.add_task("  blocks", total=total, info="")
-            progress.update(blocks, completed=done, total=total)
-        blocks = None
-
-        def on_tile(done: int, total: int) -> None:
-            nonlocal tiles
-            if tiles is None:
-                tiles = progress.add_task("  tiles", total=total, info="")
-            progress.update(tiles, completed=done, total=total)
+            tiles.hide()
+            blocks.hide()
 
         report = segment_scaled(
             folder, inputs, output, samples=samples, tile=tile_arg, halo=halo, device=device.value, threads=threads,
             outputs=outputs, threshold=threshold, seed=seed, resume=resume, overwrite=overwrite, normalize=normalize,
-            fmt=fmt.value, workers=workers, scheduler=scheduler, on_start=on_start, on_file=on_file, on_block=on_block,
-            on_tile=on_tile,
+            fmt=fmt.value, workers=workers, scheduler=scheduler, on_start=on_start, on_file=on_file, on_block=blocks,
+            on_tile=tiles,
         )
     previews = []
     if preview:
@@ -112,6 +93,23 @@ def segment(
         out.print(f"previews: {len(previews)} PNG(s) in {Path(output) / 'preview'}")
     if report.failed:
         raise typer.Exit(code=1)
+
+
+class _SubProgress:
+    """A second progress line (tiles or blocks of the current image), shown while it advances."""
+
+    def __init__(self, progress, label: str):
+        self.progress, self.label, self.task = progress, label, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(self.label, total=total, info="")
+        self.progress.update(self.task, completed=done, total=total)
+
+    def hide(self) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+            self.task = None
 
 
 def _resolve_model(model: Path, *, quiet: bool) -> tuple[Path, str]:

@@ -211,7 +211,7 @@ def check_clashes(files: list[Path], out_dir: Path, opts: SegmentOptions) -> Non
 
 
 def remove_stale_temps(out_dir: Path, files: list[Path], outputs: Iterable[str]) -> None:
-    """Delete temp files (`.NAME_kind.tif.XXXX.tmp`) a killed run left for these inputs' outputs (one folder scan)."""
+    """Delete temp files (`.NAME_kind.tif.<random>.tmp`) a killed run left for these inputs' outputs (one folder scan)."""
     names = {p.name for f in files for p in output_paths(out_dir, f, outputs).values()}
     if not Path(out_dir).is_dir():
         return
