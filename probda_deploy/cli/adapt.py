@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import Device, err, handle_errors, new_run_dir, out, resolve_device, setup_logging
+from .common import ConsensusRule, Device, err, handle_errors, new_run_dir, out, resolve_device, setup_logging
 
 
 class StrategyName(str, Enum):
@@ -21,11 +21,6 @@ class FilterName(str, Enum):
     masking = "masking"
     weighting = "weighting"
     none = "none"
-
-
-class ConsensusRule(str, Enum):
-    agree = "agree"
-    confident = "confident"
 
 
 class SelectOn(str, Enum):

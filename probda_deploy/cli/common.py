@@ -25,6 +25,11 @@ out = Console()
 err = Console(stderr=True)
 
 
+class ConsensusRule(str, Enum):
+    agree = "agree"
+    confident = "confident"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import err, handle_errors, newest_checkpoint, out, setup_logging
+from .common import ConsensusRule, err, handle_errors, newest_checkpoint, out, setup_logging
 
 HELP = "Export a checkpoint: an ONNX folder for `probda segment`, or a bioimage.io model zoo package."
 
@@ -18,18 +18,13 @@ class Format(str, Enum):
     bioimageio = "bioimageio"
 
 
-class Rule(str, Enum):
-    agree = "agree"
-    confident = "confident"
-
-
 def export(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="probda checkpoint (.pt); default: newest runs/*/best.pt.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="onnx (folder NAME.probda) or bioimageio (zip).")] = Format.onnx,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="NAME.probda folder (onnx) or OUT.zip (bioimageio).")] = None,
     samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Default K (onnx) / baked-in K (bioimageio).")] = 16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export folder (onnx).")] = False,
-    consensus_rule: Annotated[Rule, typer.Option(help="Consensus rule: agree (probda) or confident (reference code).")] = Rule.agree,
+    consensus_rule: Annotated[ConsensusRule, typer.Option(help="Consensus rule: agree (probda) or confident (reference code).")] = ConsensusRule.agree,
     threshold_high: Annotated[float, typer.Option(min=0.5, max=1.0, help="Consensus: a sample is confident foreground at >= this.")] = 0.9,
     threshold_low: Annotated[float, typer.Option(min=0.0, max=0.5, help="Consensus: a sample is confident background at <= this.")] = 0.1,
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset (onnx format).")] = 20,

@@ -101,7 +101,7 @@ def _plain(value: Any, depth: int = 0) -> Any:
 def _probda_config(ckpt: dict, checkpoint: Path, model, *, teacher: bool, samples: int, seed: int, eps: np.ndarray,
                    consensus: ConsensusConfig, geo, test_source: str, exporter: str) -> dict:
     from .. import __version__
-    from ..models.checkpoint import file_sha256
+    from ..runtime.manifest import sha256_file
 
     n_params = sum(int(p.numel()) for name, p in model.named_parameters() if not name.startswith("posterior."))
     skip = {"state_dict", "teacher_state_dict", "optimizer", "scheduler", "scaler", "rng", "model_config", "format"}
@@ -110,7 +110,7 @@ def _probda_config(ckpt: dict, checkpoint: Path, model, *, teacher: bool, sample
         "format": "probda-bioimageio", "format_version": 1, "probda_version": __version__,
         "model": {"class": ckpt.get("model_class"), "config": _plain(ckpt.get("model_config")),
                   "weights": "teacher" if teacher else "student", "parameter_count": n_params},
-        "checkpoint": {"file": checkpoint.name, "sha256": file_sha256(checkpoint),
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint),
                        "iteration": _plain(ckpt.get("iteration")), "metrics": _plain(ckpt.get("metrics", {}))},
         "provenance": extra,
         "sampling": {"samples": samples, "seed": seed, "generator": "torch.Generator(cpu).manual_seed(seed); torch.randn(K, L)",

@@ -8,7 +8,6 @@ Layout (format "probda-checkpoint", version 1):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -123,13 +122,6 @@ def model_from_checkpoint(ckpt: dict | str | Path, *, teacher: bool | None = Non
         raise CheckpointError(f"{where}: weights do not fit the model config ({str(e)[:200]})") from None
     return model.eval()
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _version() -> str:

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import FORMAT, file_sha256, make_checkpoint
+from ..runtime.manifest import sha256_file
+from .checkpoint import FORMAT, make_checkpoint
 from .punet import PUNetConfig
 from .registry import model_from_spec
 from .torch_em_unet import NORMS
@@ -359,7 +360,7 @@ def import_checkpoint(
     iteration = int(iteration) if isinstance(iteration, int) else None
     ckpt = make_checkpoint(model.eval(), iteration=iteration or 0)
     ckpt["provenance"]["imported_from"] = {
-        "path": str(Path(path).resolve()), "sha256": file_sha256(path), "layout": layout,
+        "path": str(Path(path).resolve()), "sha256": sha256_file(path), "layout": layout,
         "state": used, "load_mode": mode, "iteration": iteration,
     }
     notes = _notes(layout, config)

@@ -14,7 +14,8 @@ from ..data.io import list_images
 from ..data.pairs import match_labels
 from ..data.patches import ImageSet, PatchSampler, grid_patches, load_image_set
 from ..errors import ConfigError
-from ..models.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+from ..runtime.manifest import sha256_file
 from ..models.registry import model_from_spec
 from .adaptation import AdaptConfig, SelfTrainingStrategy
 from .loop import FitResult, LoopConfig, fit
@@ -84,7 +85,7 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
         "data_stats": src_ckpt.get("data_stats", {}),
         "normalization": src_ckpt.get("normalization", {}),
         "provenance": {
-            **(provenance or {}), "source_checkpoint": str(source), "source_sha256": file_sha256(source),
+            **(provenance or {}), "source_checkpoint": str(source), "source_sha256": sha256_file(source),
             "strategy": cfg.name, "filter": cfg.filter, "consensus": cfg.consensus,
             "target": str(target), "target_images": train.names, "val_images": val.names,
             "target_labels": None if target_labels is None else str(target_labels),

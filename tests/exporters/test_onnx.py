@@ -13,7 +13,8 @@ from probda_deploy.errors import ExportError
 from probda_deploy.exporters import cached_export, export_onnx
 from probda_deploy.exporters.graphs import receptive_radius
 from probda_deploy.models import build_model
-from probda_deploy.models.checkpoint import file_sha256, model_from_checkpoint
+from probda_deploy.models.checkpoint import model_from_checkpoint
+from probda_deploy.runtime.manifest import sha256_file
 from probda_deploy.runtime import OnnxSampler, load_manifest, reduce_samples
 
 
@@ -34,9 +35,9 @@ def test_export_folder_and_manifest(punet_export, punet_ckpt):
     assert m["consensus"] == {"rule": "agree", "threshold_high": 0.9, "threshold_low": 0.1, "class_threshold": 0.5}
     assert m["normalization"]["mode"] == "zero_mean_unit_variance"
     assert m["size_multiple"] == 4 and m["default_halo"] % 4 == 0
-    assert m["provenance"]["checkpoint_sha256"] == file_sha256(punet_ckpt)
+    assert m["provenance"]["checkpoint_sha256"] == sha256_file(punet_ckpt)
     for name, digest in m["files"].items():
-        assert file_sha256(punet_export / name) == digest
+        assert sha256_file(punet_export / name) == digest
     assert m["graphs"]["decoder"]["dynamic_axes"]["z"] == {"0": "samples", "1": "batch"}
     enc = onnx.load(str(punet_export / "encoder.onnx"))
     assert max(o.version for o in enc.opset_import if o.domain in ("", "ai.onnx")) == 20

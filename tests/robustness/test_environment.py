@@ -12,7 +12,7 @@ import tifffile
 
 from probda_deploy.cli.app import app
 
-from .conftest import blobs, write_tif
+from .conftest import blobs, labeled_folder, write_tif
 
 
 def _cuda_works_in_onnxruntime() -> bool:
@@ -80,13 +80,7 @@ def test_evaluate_cuda_falls_back(robust_export, images, tmp_path, runner):
 
 @needs_no_gpu
 def test_train_cuda_without_gpu_falls_back_to_cpu(tmp_path, runner):
-    src, labels = tmp_path / "imgs", tmp_path / "labs"
-    src.mkdir()
-    labels.mkdir()
-    for i in range(2):
-        img = blobs((32, 32), seed=i)
-        write_tif(src / f"im{i}.tif", img)
-        write_tif(labels / f"im{i}.tif", (img > 0.5).astype(np.uint8))
+    src, labels = labeled_folder(tmp_path, 2, prefix="im")
     run = tmp_path / "run"
     res = runner.invoke(app, ["train", "-i", str(src), "-l", str(labels), "-o", str(run), "--model", "unet-small", "--iterations", "2",
                               "--patch-size", "16", "--batch-size", "1", "--val-every", "2", "--device", "cuda", "--quiet"])

@@ -15,12 +15,11 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from probda_deploy.cli.app import app
 
-from .conftest import blobs, leftovers, write_tif
+from .conftest import labeled_folder, leftovers
 
 
 class _Payload:
@@ -46,14 +45,7 @@ def evil_ckpt(tmp_path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def small_data(tmp_path):
-    img_dir, lab_dir = tmp_path / "imgs", tmp_path / "labs"
-    img_dir.mkdir()
-    lab_dir.mkdir()
-    for i in range(2):
-        img = blobs((32, 32), seed=i)
-        write_tif(img_dir / f"im{i}.tif", img)
-        write_tif(lab_dir / f"im{i}.tif", (img > 0.5).astype(np.uint8))
-    return img_dir, lab_dir
+    return labeled_folder(tmp_path, 2, prefix="im")
 
 
 def _commands(ckpt: Path, data, tmp: Path) -> dict[str, list[str]]:
