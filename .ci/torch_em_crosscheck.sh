@@ -5,10 +5,19 @@
 #    disk), numpy and torch-em==0.10.9 installed --no-deps: torch-em's model code
 #    needs only torch and numpy; its trainer deps (torchvision, kornia, ...) are
 #    not installed, and torchvision from PyPI does not import beside this torch.
-# 2. That venv builds torch-em ProbabilisticUNets (fixed seeds), saves them as
-#    torch-em's trainer does, and records outputs for fixed inputs and z.
+# 2. That venv builds torch-em ProbabilisticUNets (fixed seeds; no norm,
+#    InstanceNorm with a teacher, GroupNorm, InstanceNormTrackStats, BatchNorm;
+#    depths 2 to 5), saves them as torch-em's trainer does, and records outputs
+#    for fixed inputs and z.
 # 3. probda (PROBDA_PYTHON, default .venv/bin/python) runs `probda import` on each
-#    and compares outputs to 1e-5. Exit status is non-zero on any mismatch.
+#    and compares outputs to 5e-5 of their scale.
+# 4. The user's deployment path for each single-channel case (teacher and
+#    student weights): `probda export --format onnx`, `probda segment` in a
+#    process where `import torch` fails, compared with torch-em's own forward()
+#    + sample() for the same z to 1e-4; then `probda export --format bioimageio`,
+#    which runs bioimageio.core's test on the package. A 2-channel case checks
+#    that export refuses it with one clear line.
+# Exit status is non-zero on any mismatch or failed step.
 #
 # PROBDA_TORCH_EM_FULL=1 instead installs torch-em with all its dependencies and
 # torch 2.14.1 + torchvision 0.29.1 from disk (6.4 GB, ~6 min) and imports torch_em
@@ -58,11 +67,46 @@ echo "torch-em cross-check: environment ready after $((SECONDS - start)) s"
 
 for f in "$out"/*.torch_em.pt; do
     name="$(basename "$f" .torch_em.pt)"
-    "$py" -m probda_deploy.cli.app import "$f" -o "$out/$name.probda.pt"
+    "$py" -m probda_deploy.cli.app import "$f" -o "$out/$name.probda.pt" -q
     if [ -f "$out/$name.expected.pt" ] && "$py" -c "import sys, torch; sys.exit(0 if 'teacher' in torch.load(sys.argv[1], weights_only=True) else 1)" "$out/$name.expected.pt"; then
         "$py" -m probda_deploy.cli.app import "$f" -o "$out/$name.student.probda.pt" --use-student >/dev/null
     fi
 done
 
 "$py" "$here/torch_em_crosscheck.py" compare "$out"
+
+# ---- deployment: export -> segment without torch -> equal to torch-em -> bioimage.io
+"$py" "$here/torch_em_crosscheck.py" deploy "$out"
+mkdir -p "$out/no-torch"
+cat > "$out/no-torch/sitecustomize.py" <<'PY'
+import sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked for the cross-check")
+        return None
+
+sys.meta_path.insert(0, _NoTorch())
+PY
+if PYTHONPATH="$out/no-torch" "$py" -c "import torch" 2>/dev/null; then
+    echo "torch-em cross-check: FAIL: could not block torch for probda segment"; exit 1
+fi
+cli=("$py" -m probda_deploy.cli.app)
+"$py" "$here/torch_em_crosscheck.py" plan "$out" | while read -r name which ckpt; do
+    t0=$SECONDS
+    "${cli[@]}" export "$out/$ckpt" --format onnx -o "$out/$name-$which.probda" -q >/dev/null
+    PYTHONPATH="$out/no-torch" "${cli[@]}" segment "$out/$name-$which.probda" -i "$out/$name.tif" \
+        -o "$out/seg-$name-$which" --normalize none -k 8 --seed 0 -q > "$out/seg-$name-$which.log"
+    grep -q "1 segmented" "$out/seg-$name-$which.log"
+    "${cli[@]}" export "$out/$ckpt" --format bioimageio -o "$out/$name-$which.zip" -q >/dev/null
+    echo "  $name $which: exported (onnx, bioimage.io package passed bioimageio.core's test), segmented without torch in $((SECONDS - t0)) s"
+done
+if "${cli[@]}" export "$out/groupnorm2ch.probda.pt" --format onnx -o "$out/groupnorm2ch.probda" -q 2> "$out/2ch.err"; then
+    echo "torch-em cross-check: FAIL: a 2-channel model was exported"; exit 1
+fi
+grep -q "single-channel images" "$out/2ch.err" && [ "$(wc -l < "$out/2ch.err")" -le 2 ]
+echo "  groupnorm2ch: export refused with one line: $(head -c 160 "$out/2ch.err")"
+"$venv/bin/python" "$here/torch_em_crosscheck.py" reference "$out"
+"$py" "$here/torch_em_crosscheck.py" check "$out"
 echo "torch-em cross-check: done in $((SECONDS - start)) s"

@@ -10,10 +10,17 @@ Measured in one run, per model configuration (paper: 64 filters, depth 4; small:
   * the encoder's achieved GFLOP/s (FLOPs from torch.utils.flop_counter)
     against this machine's large-GEMM ceiling (best of numpy, torch and
     onnxruntime MatMul on the same threads);
-  * peak RSS of a fresh process running the sampler at K = 16 and 32.
+  * peak RSS of a fresh process running the sampler at K = 16 and 32;
+  * with --torch-em VENV, a side-by-side row on one imported model: torch-em
+    eager (its own forward() + 16 x sample(), in VENV, a venv with torch-em
+    0.10.9 such as the one .ci/torch_em_crosscheck.sh creates) versus probda's
+    ONNX sampler at K = 16 on the same weights after `probda import`
+    (torch-em's default ProbabilisticUNet with filters 16, 32, 64, 128, latent 6,
+    3 fcomb convs, InstanceNorm), same image and threads.
 
 Usage:
     python benchmarks/sampler.py [--configs paper,small] [--size 512] [--threads N] [--repeats 3] [--no-compile]
+                                 [--torch-em VENV]
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--naive-max-k", type=int, default=16)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--torch-em", metavar="VENV", default=None, help="venv with torch-em 0.10.9: add the torch-em row")
     p.add_argument("--rss-child", nargs=4, metavar=("FOLDER", "K", "SIZE", "THREADS"), help=argparse.SUPPRESS)
+    p.add_argument("--torch-em-child", nargs=4, metavar=("FOLDER", "SIZE", "THREADS", "REPEATS"), help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -198,6 +207,81 @@ def bench_config(name: str, args, threads: int, workdir: Path) -> dict:
     return res
 
 
+TORCH_EM_KWARGS = {"input_channels": 1, "output_channels": 1, "num_filters": [16, 32, 64, 128], "latent_dim": 6,
+                   "no_convs_fcomb": 3, "beta": 1.0, "rl_swap": True}
+
+
+def _crosscheck_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("torch_em_crosscheck", Path(__file__).resolve().parents[1] / ".ci" / "torch_em_crosscheck.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def torch_em_child(folder: str, size: int, threads: int, repeats: int) -> None:
+    """(Run in the torch-em venv.) Build and save the torch-em model; time forward() + 16 x sample() + reductions."""
+    import json
+
+    import torch
+
+    torch.set_num_threads(threads)
+    xc = _crosscheck_module()
+    cls, how = xc._import_torch_em()
+    model = xc._build(cls, TORCH_EM_KWARGS, seed=0)
+    torch.save(xc._trainer_style_checkpoint(model, None, cls, TORCH_EM_KWARGS), Path(folder) / "torch_em.pt")
+    img = image(size)
+    x = torch.from_numpy((img - img.mean()) / (img.std() + 1e-7))[None, None]
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+            probs = torch.stack([torch.sigmoid(model.sample()) for _ in range(16)])
+            mean = probs.mean(0)
+            std = ((probs - mean) ** 2).mean(0).sqrt()
+            hits = torch.where(mean >= 0.5, probs >= 0.9, probs <= 0.1).float().mean(0)
+            return mean, std, hits
+
+    print(json.dumps({"torch_em_k16": best_time(run, repeats), "torch": torch.__version__, "how": how}))
+
+
+def bench_torch_em(venv: Path, args, threads: int, workdir: Path) -> dict:
+    """torch-em eager (in `venv`) vs probda's ONNX sampler on the same imported weights."""
+    import json
+
+    from probda_deploy.exporters import export_onnx
+    from probda_deploy.models.checkpoint import save_checkpoint
+    from probda_deploy.models.importer import import_checkpoint
+    from probda_deploy.runtime import OnnxSampler
+
+    say("torch-em eager in its venv")
+    cmd = [str(venv / "bin" / "python"), __file__, "--torch-em-child", str(workdir), str(args.size), str(threads), str(args.repeats)]
+    env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1])
+    say("probda import + export + runtime sampler")
+    ckpt = save_checkpoint(import_checkpoint(workdir / "torch_em.pt").checkpoint, workdir / "torch_em_probda.pt")
+    t0 = time.perf_counter()
+    folder = export_onnx(ckpt, workdir / "torch_em.probda")
+    res["export_s"] = time.perf_counter() - t0
+    sampler = OnnxSampler(folder, device="cpu", threads=threads)
+    img = image(args.size)
+    res["ort_k16"] = best_time(lambda: sampler.predict(img, k=16, seed=0, tile=None), args.repeats)
+    return res
+
+
+def report_torch_em(r: dict, args, threads: int) -> None:
+    print(f"
+## torch-em vs probda on the same imported weights: {args.size}x{args.size}, CPU, {threads} threads
+")
+    print("| model | torch-em eager: forward + 16 x sample() | probda ONNX sampler K=16 | speed-up |")
+    print("|---|---|---|---|")
+    print(f"| torch-em ProbabilisticUNet [16, 32, 64, 128], InstanceNorm, latent 6 | {r['torch_em_k16']:.2f} s | "
+          f"{r['ort_k16']:.2f} s | {r['torch_em_k16'] / r['ort_k16']:.2f}x |")
+    print(f"
+torch-em side: torch {r['torch']} ({r['how']}); probda export of the imported checkpoint {r['export_s']:.0f} s")
+
+
 def report(rows: list[dict], ceiling: dict, args, threads: int) -> None:
     best_gemm = max(ceiling.values())
     print(f"\n## Runtime sampler benchmark: {args.size}x{args.size}, CPU, {threads} threads for every engine\n")
@@ -230,19 +314,28 @@ def main() -> None:
         folder, k, size, thr = args.rss_child
         rss_child(folder, int(k), int(size), int(thr))
         return
+    if args.torch_em_child:
+        folder, size, thr, reps = args.torch_em_child
+        torch_em_child(folder, int(size), int(thr), int(reps))
+        return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
-    ceiling = gemm_ceiling(threads)
-    rows = []
+    rows, te = [], None
     with tempfile.TemporaryDirectory(prefix="probda-bench-") as tmp:
-        for name in args.configs.split(","):
+        for name in filter(None, args.configs.split(",")):
             print(f"[{name}] exporting and measuring...", file=sys.stderr, flush=True)
             rows.append(bench_config(name.strip(), args, threads, Path(tmp)))
             say(f"raw: {rows[-1]}")
-    report(rows, ceiling, args, threads)
+        if args.torch_em:
+            te = bench_torch_em(Path(args.torch_em), args, threads, Path(tmp))
+            say(f"raw: {te}")
+    if rows:
+        report(rows, gemm_ceiling(threads), args, threads)
+    if te:
+        report_torch_em(te, args, threads)
 
 
 if __name__ == "__main__":

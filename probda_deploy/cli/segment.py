@@ -155,6 +155,8 @@ def _summary(report, note: str) -> None:
         table.add_row("format", ", ".join(f"{n} {f}" for f, n in counts.items() if n) + (f" ({rule})" if auto else ""))
     for path, (written, total) in getattr(report, "blocks", {}).items():
         table.add_row("blocks", f"{Path(path).name}: {written} of {total} blocks written" + (" (resumed)" if written < total else ""))
+    if report.tiling_note:
+        table.add_row("tiling", report.tiling_note)
     table.add_row("engine", getattr(report, "engine", "single process"))
     table.add_row("device", f"{report.device} -> provider {', '.join(report.providers)}")
     if report.provider_note:

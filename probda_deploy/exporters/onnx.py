@@ -151,9 +151,42 @@ def _export(module: nn.Module, args: tuple, dynamic: tuple, inputs: list[str], o
             )
     except ProbdaError:
         raise
-    except Exception as e:  # the exporter raises many types
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{path.name}: ONNX export failed ({type(e).__name__}: {first}); report this with the checkpoint's model config") from None
+    except Exception as e:  # the exporter raises many types and wraps the real cause
+        raise ExportError(
+            f"{path.name}: ONNX export failed: {innermost_cause(e)}; try another --opset (17-20), and if it persists "
+            f"report this message with the output of `probda info` on the checkpoint"
+        ) from None
+
+
+def innermost_cause(exc: BaseException, *, limit: int = 200) -> str:
+    """`Type: first line` of the innermost exception of a chain (__cause__, else __context__), shortened.
+
+    torch.onnx wraps the real error in a TorchExportError whose text is a
+    generic guide; the innermost exception names what failed.
+    """
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def example_side(model: nn.Module) -> int:
+    """Height of the example image the graphs are traced with (width: + size_multiple).
+
+    Large enough for every graph (torch-em's prior encoder has unpadded convs and
+    needs ~100 px at 4 levels: tracing below its minimum fails) and unequal
+    height and width, so the exporter keeps them as separate dynamic axes.
+    """
+    s = model.config.size_multiple
+    return max(4 * s, model.min_side() + s) if isinstance(model, PUNet) else 4 * s
 
 
 def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high: float, low: float) -> dict:
@@ -161,8 +194,9 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
     cfg = model.config
     s = cfg.size_multiple
     bat, hgt, wid = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
+    side = example_side(model)
     with torch.no_grad():
-        image = torch.randn(2, 1, 4 * s, 5 * s)
+        image = torch.randn(2, 1, side, side + s)
     img_axes = ({0: bat, 2: hgt, 3: wid},)
     image_shape = ["batch", 1, "height", "width"]
     if isinstance(model, UNet):
@@ -181,7 +215,7 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
     map_shape = ["batch", 1, "height", "width"]
     return {
         "encoder": _graph("encoder.onnx", {"image": image_shape}, {"features": ["batch", c, "height", "width"]}),
-        "prior": _graph("prior.onnx", {"image": image_shape}, {"prior_features": ["batch", cp, f"height/{s}", f"width/{s}"]}),
+        "prior": _graph("prior.onnx", {"image": image_shape}, {"prior_features": ["batch", cp, "prior_height", "prior_width"]}),
         "prior_head": _graph("prior_head.onnx", {"pooled": ["batch", cp]}, {"mu": ["batch", L], "log_sigma": ["batch", L]}),
         "decoder": _graph(
             "decoder.onnx",
@@ -201,9 +235,10 @@ def _graph(file: str, inputs: dict, outputs: dict) -> dict:
 def _manifest(model, graphs, folder, *, ckpt, source, samples, opset, rule, high, low) -> dict:
     cfg = model.config
     cls_name, config = model_spec(model)
-    unet_r, prior_r = receptive_radius(cfg.depth, cfg.convs_per_block)
-    s = cfg.size_multiple
     is_punet = isinstance(model, PUNet)
+    unet_r, prior_r = cfg.receptive_field() if is_punet else receptive_radius(cfg.depth, cfg.convs_per_block)
+    s = cfg.size_multiple
+    tiling, why = cfg.tiling if is_punet else (("approximate", "align_corners=True") if cfg.align_corners else ("exact", ""))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -214,8 +249,12 @@ def _manifest(model, graphs, folder, *, ckpt, source, samples, opset, rule, high
         "files": {g["file"]: sha256_file(folder / g["file"]) for g in graphs.values()},
         "model": {"class": cls_name, "config": config},
         "size_multiple": s,
+        # prior trunk cell j reads input pixels from prior_stride * j on (runtime: OnnxSampler.prior_sum)
+        "prior_stride": cfg.prior_stride if is_punet else None,
+        "min_size": model.min_side() if is_punet else s,
+        "tiling": {"mode": tiling, "reason": why},
         "receptive_field": {"unet_radius": unet_r, "prior_radius": prior_r if is_punet else None},
-        "default_halo": -(-unet_r // s) * s,
+        "default_halo": -(-max(unet_r, prior_r if is_punet else 0) // s) * s,
         "latent_dim": cfg.latent_dim if is_punet else 0,
         "default_samples": samples if is_punet else 1,
         "threshold": 0.5,
@@ -266,8 +305,9 @@ def check_export(folder: Path, model: nn.Module, *, tol: float = 1e-3) -> None:
 
 def _compare(sampler, model: nn.Module, folder: Path, tol: float) -> None:
     s = model.config.size_multiple
+    side = model.min_side() if isinstance(model, PUNet) else s
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 3 * s + 1, 2 * s + 3)).astype(np.float32)
+    x = rng.standard_normal((1, max(3 * s, side + s) + 1, max(2 * s, side) + 3)).astype(np.float32)
     if isinstance(model, PUNet):
         eps = rng.standard_normal((3, 1, model.config.latent_dim)).astype(np.float32)
         got = sampler.predict_batch(x, eps=eps, normalize="none")["prob"]

@@ -64,11 +64,14 @@ class Geometry:
     halo: int
 
 
-def geometry_for(config: Any) -> Geometry:
-    """Valid sizes for a PUNet config: step 2**(depth-1), halo 4*step, min 2*halo + step."""
+def geometry_for(config: Any, *, min_side: int = 0) -> Geometry:
+    """Valid sizes for a PUNet config: step = size_multiple, halo 4*step, min max(2*halo + step, min_side).
+
+    min_side: the model's own minimum (`PUNet.min_side`, e.g. torch-em's unpadded prior encoder).
+    """
     step = int(config.size_multiple)
     halo = 4 * step
-    return Geometry(int(config.in_channels), int(config.num_classes), step, 2 * halo + step, halo)
+    return Geometry(int(config.in_channels), int(config.num_classes), step, max(2 * halo + step, int(min_side)), halo)
 
 
 def tolerances_for(outputs: dict[str, np.ndarray]) -> list[dict]:

@@ -193,7 +193,7 @@ def export_bioimageio(checkpoint: str | Path, out: str | Path | None, *, name: s
     ckpt = load_checkpoint(checkpoint)
     use_teacher = ("teacher_state_dict" in ckpt) if teacher is None else teacher
     model = model_from_checkpoint(ckpt, teacher=use_teacher)
-    if ckpt.get("model_class") != "PUNet":
+    if ckpt.get("model_class") not in ("PUNet", "TorchEmPUNet"):
         raise ExportError(f"{checkpoint}: bioimage.io export needs a PUNet checkpoint, got {ckpt.get('model_class')}; "
                           "export UNets with --format onnx")
     name = _check_name(name or default_name(checkpoint))
@@ -235,7 +235,7 @@ def _build_package(tmp: Path, ckpt: dict, checkpoint: Path, model, out: Path, *,
     from .readme import write_readme
     from .weights import check_exported, export_onnx, export_torchscript
 
-    geo = geometry_for(model.config)
+    geo = geometry_for(model.config, min_side=model.min_side())
     graph = ZooGraph(model, samples=samples, seed=seed, consensus=consensus).eval()
     image, source = load_test_image(test_image, geo, seed=seed)
     norm_eps = float(ckpt.get("normalization", {}).get("eps", 1e-7))

@@ -55,6 +55,27 @@ class PUNetConfig:
     def size_multiple(self) -> int:
         return 2 ** (self.depth - 1)
 
+    @property
+    def prior_stride(self) -> int:
+        """Input pixels per cell of the prior trunk's output."""
+        return 2 ** (self.depth - 1)
+
+    @property
+    def tiling(self) -> tuple[str, str]:
+        """("exact" | "approximate", why) for tiled prediction (see runtime/tiling.py)."""
+        if self.align_corners:
+            return "approximate", (
+                "align_corners=True (reference code) makes the upsampling depend on the window size; "
+                "tiles were measured up to 0.13 off the whole-image probability"
+            )
+        return "exact", ""
+
+    def receptive_field(self) -> tuple[int, int]:
+        """(UNet radius, prior trunk radius) in input pixels, upper bounds (exporters.graphs.receptive_radius)."""
+        from ..exporters.graphs import receptive_radius
+
+        return receptive_radius(self.depth, self.convs_per_block)
+
 
 class GaussianEncoder(nn.Module):
     """Conv encoder -> global mean over H, W -> 1x1 conv -> (mu, log_sigma), each (B, L)."""
@@ -77,6 +98,17 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.trunk(x).mean(dim=(2, 3)))
+
+    def trunk_side(self, side: int) -> int:
+        """Side of the trunk's output map for an input side (< 1: the input is too small)."""
+        for layer in self.encoder.layers:
+            if isinstance(layer, nn.Conv2d):
+                side += 2 * layer.padding[0] - (layer.kernel_size[0] - 1)
+            elif isinstance(layer, nn.AvgPool2d):
+                side = -(-side // 2)
+            if side < 1:
+                return side
+        return side
 
 
 class _Trunk(nn.Module):
@@ -151,6 +183,18 @@ class PUNet(nn.Module):
             c.in_channels + c.num_classes, c.filters, c.latent_dim, convs_per_block=c.convs_per_block, padding=c.gaussian_padding
         )
         self.fcomb = Fcomb(c.initial_features, c.latent_dim, c.num_classes, c.n_fcomb)
+
+    def min_side(self) -> int:
+        """Smallest padded image side (a multiple of size_multiple) the prior encoder accepts.
+
+        The prior trunk must leave at least one cell, two with a norm that
+        uses per-image statistics (torch-em refuses one-element instance norms).
+        """
+        need = 2 if getattr(self.config, "norm", None) in ("InstanceNorm", "GroupNorm") else 1
+        side = self.config.size_multiple
+        while self.prior.trunk_side(side) < need:
+            side += self.config.size_multiple
+        return side
 
     # -- pieces (inputs already padded to a multiple of size_multiple) --
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -76,17 +76,99 @@ class TorchEmPUNetConfig:
     def align_corners(self) -> bool:
         return False
 
+    @property
+    def prior_stride(self) -> int:
+        """Input pixels per cell of the prior trunk's output (depth - 1 poolings)."""
+        return 2 ** (self.depth - 1)
+
+    @property
+    def tiling(self) -> tuple[str, str]:
+        """("exact" | "whole-image", why) for tiled prediction of large images.
+
+        InstanceNorm and GroupNorm normalise every layer with statistics of the
+        whole image, so a tile's features and prior differ from the whole-image
+        ones: such models are run on whole images. With no norm, BatchNorm or
+        InstanceNormTrackStats (running statistics in eval mode) every layer is
+        local: the UNet tiles exactly with a halo, and the unpadded prior trunk's
+        cells are assigned to tiles by their position (see OnnxSampler.prior_sum).
+        """
+        if self.norm in ("InstanceNorm", "GroupNorm"):
+            return "whole-image", (
+                f"torch-em {self.norm} normalises each layer with statistics of the whole image, "
+                f"so tiles would not reproduce the whole-image result"
+            )
+        return "exact", ""
+
+    def receptive_field(self) -> tuple[int, int]:
+        """(UNet radius, prior trunk extent) in input pixels, upper bounds.
+
+        UNet: conv3x3 at level j adds 2**j, a 2x2 max-pool from level j adds 2**j,
+        bilinear x2 into level j adds 2**(j+1); the bottleneck has 2 convs at
+        level `depth`. Prior trunk (unpadded convs): its cell j reads input pixels
+        [stride * j, stride * j + extent].
+        """
+        d = self.depth
+        down = sum(3 * 2**j for j in range(d)) + 2 * 2**d
+        up = sum(2 ** (j + 1) + 2 * 2**j for j in range(d))
+        extent = sum(2 * self.convs_per_block * 2**j for j in range(d)) + sum(2**j for j in range(d - 1))
+        return down + up, extent
+
+
+def _spatial_mean(x: torch.Tensor, dims: int = 2) -> torch.Tensor:
+    """Mean over the last `dims` axes, one axis at a time (keepdim).
+
+    Mathematically `x.mean(dim=(-2, -1))`. Reducing one axis at a time keeps
+    float32 sums short: onnxruntime's one-shot reductions (ReduceMean and its
+    InstanceNormalization kernel) accumulate a whole 512 x 512 plane in one
+    float32 sum and lost 6e-3 on torch-em features at 512 x 512 (torch: 5e-5).
+    """
+    for axis in range(-1, -dims - 1, -1):
+        x = x.mean(dim=axis, keepdim=True)
+    return x
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d (same parameters and state-dict keys) with exportable, precise statistics.
+
+    With input statistics (torch-em's default "InstanceNorm", or training) the
+    mean and the two-pass variance are computed axis by axis (`_spatial_mean`);
+    with running statistics in eval mode ("InstanceNormTrackStats") torch's
+    own kernel is used, which is an affine map per channel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.track_running_stats and not self.training:
+            return super().forward(x)
+        d = x - _spatial_mean(x)
+        y = d / torch.sqrt(_spatial_mean(d * d) + self.eps)
+        if self.affine:
+            y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        return y
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state-dict keys) with axis-by-axis statistics (see InstanceNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = x.reshape(b, self.num_groups, c // self.num_groups, h, w)
+        d = g - _spatial_mean(g, 3)
+        y = (d / torch.sqrt(_spatial_mean(d * d, 3) + self.eps)).reshape(b, c, h, w)
+        if self.affine:
+            y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        return y
+
 
 def norm_layer(norm: str | None, channels: int) -> nn.Module | None:
-    """The 2D normalisation torch-em's `get_norm_layer` builds for `norm`."""
+    """The 2D normalisation torch-em's `get_norm_layer` builds for `norm` (same parameters, exportable forward)."""
     if norm is None:
         return None
     if norm == "InstanceNorm":
-        return nn.InstanceNorm2d(channels)
+        return InstanceNorm2d(channels)
     if norm == "InstanceNormTrackStats":
-        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=True, momentum=0.01)
+        return InstanceNorm2d(channels, affine=True, track_running_stats=True, momentum=0.01)
     if norm == "GroupNorm":
-        return nn.GroupNorm(min(32, channels), channels)
+        return GroupNorm(min(32, channels), channels)
     if norm == "BatchNorm":
         return nn.BatchNorm2d(channels)
     raise ValueError(f"unknown norm {norm!r}")

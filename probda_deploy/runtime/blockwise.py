@@ -28,8 +28,8 @@ from ..data.io import check_values
 from ..errors import ConfigError
 from . import ome_zarr as oz
 from .chunked import open_image, plane
-from .sampler import AUTO_TILE, AUTO_TILE_LIMIT, OnnxSampler, latent_eps
-from .tiling import Tile, padded_shape, plan_tiles, read_window, scan_stats
+from .sampler import OnnxSampler, latent_eps
+from .tiling import Tile, read_window, scan_stats
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,11 @@ def _window(sampler: OnnxSampler, image, t: Tile, normalize: str, stats) -> np.n
     return x[None, None]
 
 
-def prior_task(ref: SamplerRef, image_path: str, z: int, tile: Tile, normalize: str, stats) -> np.ndarray:
-    """Prior trunk of one tile summed over its core: (1, C) float64."""
+def prior_task(ref: SamplerRef, image_path: str, z: int, tile: Tile, normalize: str, stats) -> tuple[np.ndarray, int]:
+    """Prior trunk of one tile summed over the cells it owns: ((1, C) float64, cell count)."""
     sampler = cached_sampler(ref)
     x = _window(sampler, plane(open_image(image_path, warn=False), z), tile, normalize, stats)
-    trunk = sampler._sessions["prior"].run(["prior_features"], {"image": x})[0]
-    ys, xs = tile.core_in_window(sampler.multiple)
-    return trunk[:, :, ys, xs].sum(axis=(2, 3), dtype=np.float64)
+    return sampler.prior_sum(x, tile)
 
 
 def block_task(ref: SamplerRef, image_path: str, out: str, layout: oz.ZarrLayout, z: int, index: int, tile: Tile,
@@ -146,10 +144,7 @@ def block_key(z: int, index: int) -> str:
 # ------------------------------------------------------------ the driver
 def plan_blocks(sampler: OnnxSampler, shape: tuple[int, ...], *, tile, halo: int | None) -> tuple[list[Tile], int]:
     """Tiles of one plane and the level-0 chunk size (the tile core size)."""
-    h, w = shape[-2:]
-    if tile == "auto":
-        tile = AUTO_TILE if max(h, w) > AUTO_TILE_LIMIT else None
-    tiles = plan_tiles((h, w), multiple=sampler.multiple, tile=tile, halo=sampler.default_halo if halo is None else halo)
+    tiles = sampler.plan(shape[-2:], tile=tile, halo=halo)
     y0, y1, x0, x1 = tiles[0].core
     return tiles, (max(y1 - y0, x1 - x0) if len(tiles) == 1 else y1 - y0)
 
@@ -165,15 +160,14 @@ def _latents(runner, ref, sampler, image_path, shape, tiles, settings, stats) ->
     name = Path(image_path).name
     jobs = [(f"{z}_{i}", (ref, image_path, z, t, settings.normalize, stats[z])) for z in range(len(stats)) for i, t in enumerate(tiles)]
     parts = dict(runner.run(prior_task, jobs))
-    hp, wp = padded_shape(shape[-2:], sampler.multiple)
     out = []
     for z in range(len(stats)):
-        sums = None
+        sums, count = None, 0
         for i in range(len(tiles)):
-            sums = parts[f"{z}_{i}"] if sums is None else sums + parts[f"{z}_{i}"]
-        mu, log_sigma = sampler._head(sums / ((hp // sampler.multiple) * (wp // sampler.multiple)))
+            part, n = parts[f"{z}_{i}"]
+            sums, count = (part if sums is None else sums + part), count + n
         eps = latent_eps(settings.seed, name, settings.samples, sampler.latent_dim, slice_index=z)
-        out.append((mu[None] + np.exp(log_sigma)[None] * eps[:, None, :]).astype(np.float32))
+        out.append(sampler.latents_from_sums(sums, count, eps))
     return out
 
 

@@ -76,6 +76,13 @@ class OnnxSampler:
         self.default_halo = int(m.get("default_halo", 2 * self.multiple))
         self.consensus_cfg = m["consensus"]
         self.normalization = m["normalization"]
+        self.prior_stride = int(m.get("prior_stride") or self.multiple)
+        self.min_size = int(m.get("min_size") or self.multiple)
+        tiling = m.get("tiling") or {}
+        if not tiling and m.get("model", {}).get("config", {}).get("align_corners"):
+            tiling = {"mode": "approximate", "reason": "align_corners=True"}
+        self.tiling_mode = str(tiling.get("mode", "exact"))
+        self.tiling_reason = str(tiling.get("reason", ""))
         self._sessions = {}
         reports = []
         for name, graph in m["graphs"].items():
@@ -124,12 +131,7 @@ class OnnxSampler:
             raise ConfigError(f"predict takes one 2D image, got shape {tuple(image.shape)}; loop over slices of stacks")
         if normalize not in NORMALIZE:
             raise ConfigError(f"normalize={normalize!r}: choose one of {', '.join(NORMALIZE)}")
-        h, w = image.shape
-        if tile == "auto":
-            tile = AUTO_TILE if max(h, w) > AUTO_TILE_LIMIT else None
-        tiles = plan_tiles((h, w), multiple=self.multiple, tile=tile, halo=self.default_halo if halo is None else halo)
-        if len(tiles) > 1 and self.manifest.get("model", {}).get("config", {}).get("align_corners"):
-            log.warning("%s: model uses align_corners=True; tiled results differ slightly from whole-image ones", self.folder)
+        tiles = self.plan(image.shape, tile=tile, halo=halo)
         prep = self._preprocessor(image, normalize)
         if self.kind == "unet":
             return self._predict_unet(image, tiles, prep, on_tile)
@@ -150,6 +152,7 @@ class OnnxSampler:
         """
         x = np.stack([self._standardize(im, normalize) for im in np.asarray(images, dtype=np.float32)])[:, None]
         b, _, h, w = x.shape
+        self.plan((h, w), tile=None)  # refuses images below the model's minimum size
         hp, wp = padded_shape((h, w), self.multiple)
         xp = np.stack([read_window(im[0], (0, hp, 0, wp), multiple=self.multiple) for im in x])[:, None]
         if self.kind == "unet":
@@ -161,6 +164,74 @@ class OnnxSampler:
         feats = self._sessions["encoder"].run(["features"], {"image": xp})[0][:, :, :h, :w]
         out = self._sessions["decoder"].run(["prob", "consensus", "std"], {"features": np.ascontiguousarray(feats), "z": z})
         return {name: arr[:, 0] for name, arr in zip(("prob", "consensus", "std"), out)}
+
+    @property
+    def tiling_note(self) -> str:
+        """What tiling guarantees for this model, for summaries ("" when tiles are exact)."""
+        if self.tiling_mode == "whole-image":
+            return f"whole images only, never tiled ({self.tiling_reason})"
+        if self.tiling_mode == "approximate":
+            return f"whole images unless --tile is given; tiles only approximate them ({self.tiling_reason})"
+        return ""
+
+    def plan(self, shape: tuple[int, ...], *, tile: int | None | str = "auto", halo: int | None = None) -> list[Tile]:
+        """Tiles for an (H, W) image under this model's tiling guarantee.
+
+        Args:
+            shape: (H, W).
+            tile: core size, "auto" or None (whole image). "auto" tiles images with a
+                side above 1536 px, and only for models whose tiles are exact.
+            halo: context per side (default: from the manifest).
+
+        Returns:
+            Tiles (one, the whole image, for models that are not tileable).
+
+        Raises:
+            ConfigError: image below the model's minimum size, or an explicit
+                tile size for a model that only runs on whole images.
+        """
+        h, w = (int(v) for v in shape[-2:])
+        hp, wp = padded_shape((h, w), self.multiple)
+        if min(hp, wp) < self.min_size:
+            raise ConfigError(
+                f"image {h}x{w} is smaller than this model's minimum {self.min_size}x{self.min_size} "
+                f"(its prior encoder's unpadded convolutions need that much context); use larger images"
+            )
+        if tile == "auto":  # only exactly tileable models are tiled unasked
+            tile = AUTO_TILE if self.tiling_mode == "exact" and max(h, w) > AUTO_TILE_LIMIT else None
+        tiles = plan_tiles((h, w), multiple=self.multiple, tile=tile, halo=self.default_halo if halo is None else halo)
+        if len(tiles) > 1 and self.tiling_mode == "whole-image":
+            raise ConfigError(f"--tile {tile}: this model runs on whole images only ({self.tiling_reason}); drop --tile or pass --tile 0")
+        if len(tiles) > 1 and self.tiling_mode == "approximate":
+            log.warning("%s: tiled results only approximate whole-image ones (%s)", self.folder, self.tiling_reason)
+        return tiles
+
+    def prior_sum(self, window: np.ndarray, tile: Tile) -> tuple[np.ndarray, int]:
+        """Prior trunk of one tile's window, summed over the cells its core owns.
+
+        Trunk cell j of the whole (padded) image reads input pixels from
+        prior_stride * j on; the tile whose core holds that pixel owns the cell.
+        Window origins are multiples of the stride, so the window's cell j'
+        is the image's cell j' + origin / stride; with a halo of at least the
+        prior's receptive field the owned cells are computed exactly as in the
+        whole image, for padded (probda) and unpadded (torch-em) convolutions.
+
+        Args:
+            window: (1, 1, h, w) float32 network input of `tile`.
+            tile: its tile.
+
+        Returns:
+            (sums (1, Cp) float64, number of cells summed).
+        """
+        trunk = self._sessions["prior"].run(["prior_features"], {"image": window})[0]
+        ys, xs = tile.core_in_window(self.prior_stride)
+        part = trunk[:, :, ys, xs]
+        return part.sum(axis=(2, 3), dtype=np.float64), int(part.shape[2] * part.shape[3])
+
+    def latents_from_sums(self, sums: np.ndarray, count: int, eps: np.ndarray) -> np.ndarray:
+        """Prior head on the mean trunk cell: z = mu + sigma * eps, (K, 1, L) float32 for eps (K, L)."""
+        mu, log_sigma = self._head(sums / max(count, 1))
+        return (mu[None] + np.exp(log_sigma)[None] * eps[:, None, :]).astype(np.float32)
 
     # ---------------------------------------------------------- internals
     def _eps(self, eps, k, seed) -> np.ndarray:
@@ -197,19 +268,14 @@ class OnnxSampler:
         return mu, log_sigma
 
     def _latents(self, image, tiles: list[Tile], prep, eps: np.ndarray, on_tile) -> np.ndarray:
-        """Prior trunk per tile, cropped sums combined, head once: z (K, 1, L)."""
-        hp, wp = padded_shape(image.shape, self.multiple)
-        sums = None
+        """Prior trunk per tile, owned cells summed, head once: z (K, 1, L)."""
+        sums, count = None, 0
         for i, t in enumerate(tiles):
-            trunk = self._sessions["prior"].run(["prior_features"], {"image": prep(t)})[0]
-            ys, xs = t.core_in_window(self.multiple)
-            part = trunk[:, :, ys, xs].sum(axis=(2, 3), dtype=np.float64)
-            sums = part if sums is None else sums + part
+            part, n = self.prior_sum(prep(t), t)
+            sums, count = (part if sums is None else sums + part), count + n
             if on_tile and len(tiles) > 1:
                 on_tile(i + 1, 2 * len(tiles))
-        pooled = sums / ((hp // self.multiple) * (wp // self.multiple))
-        mu, log_sigma = self._head(pooled)
-        return (mu[None] + np.exp(log_sigma)[None] * eps[:, None, :]).astype(np.float32)
+        return self.latents_from_sums(sums, count, eps)
 
     def _decode_tiles(self, image, tiles, prep, z, return_samples, on_tile) -> dict[str, np.ndarray]:
         h, w = image.shape

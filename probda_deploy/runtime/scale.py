@@ -80,7 +80,7 @@ def segment_path(sampler: OnnxSampler, ref: SamplerRef, path: Path, out_dir: Pat
         if on_zarr:
             on_zarr(info)
     except ProbdaError as e:
-        return FileResult(path, "failed", str(e))
+        return FileResult(path, "failed", str(e) if str(e).startswith(str(path)) else f"{path}: {e}")
     except (OSError, ValueError, RuntimeError, MemoryError) as e:
         return FileResult(path, "failed", f"{path}: {type(e).__name__}: {str(e).strip()[:200]}")
     return FileResult(path, "done", seconds=time.perf_counter() - t0, shape=tuple(info["shape"]), outputs=(final,))
@@ -139,7 +139,7 @@ def segment_scaled(
     _check_zarr_clashes([f for f in files if formats[f] == "ome-zarr"], out_dir, resume=opts.resume, overwrite=opts.overwrite)
     report = SegmentReport(
         model=sampler.folder, kind=sampler.kind, out_dir=out_dir, device=sampler.provider_report.device,
-        providers=sampler.providers, provider_note=sampler.provider_report.note,
+        providers=sampler.providers, provider_note=sampler.provider_report.note, tiling_note=sampler.tiling_note,
         samples=opts.samples if sampler.kind == "punet" else 1, results=[FileResult(p, "failed", e) for p, e in failures],
     )
     report.formats = {str(f): v for f, v in formats.items()}

@@ -55,6 +55,7 @@ class SegmentReport:
     samples: int
     results: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    tiling_note: str = ""  # OnnxSampler.tiling_note: set when tiles are not exact for this model
 
     def _count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -235,7 +236,7 @@ def segment_one(sampler: OnnxSampler, path: Path, out_dir: Path, opts: SegmentOp
         for kind, target in targets.items():
             write_tiff_atomic(target, maps[kind], compression="zlib", photometric="minisblack")
     except ProbdaError as e:
-        return FileResult(path, "failed", str(e))
+        return FileResult(path, "failed", str(e) if str(e).startswith(str(path)) else f"{path}: {e}")
     except (OSError, ValueError, RuntimeError, MemoryError) as e:
         return FileResult(path, "failed", f"{path}: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     return FileResult(path, "done", seconds=time.perf_counter() - t0, shape=tuple(image.shape), outputs=tuple(targets.values()))
