@@ -271,15 +271,12 @@ def bench_torch_em(venv: Path, args, threads: int, workdir: Path) -> dict:
 
 
 def report_torch_em(r: dict, args, threads: int) -> None:
-    print(f"
-## torch-em vs probda on the same imported weights: {args.size}x{args.size}, CPU, {threads} threads
-")
+    print(f"\n## torch-em vs probda on the same imported weights: {args.size}x{args.size}, CPU, {threads} threads\n")
     print("| model | torch-em eager: forward + 16 x sample() | probda ONNX sampler K=16 | speed-up |")
     print("|---|---|---|---|")
     print(f"| torch-em ProbabilisticUNet [16, 32, 64, 128], InstanceNorm, latent 6 | {r['torch_em_k16']:.2f} s | "
           f"{r['ort_k16']:.2f} s | {r['torch_em_k16'] / r['ort_k16']:.2f}x |")
-    print(f"
-torch-em side: torch {r['torch']} ({r['how']}); probda export of the imported checkpoint {r['export_s']:.0f} s")
+    print(f"\ntorch-em side: torch {r['torch']} ({r['how']}); probda export of the imported checkpoint {r['export_s']:.0f} s")
 
 
 def report(rows: list[dict], ceiling: dict, args, threads: int) -> None:

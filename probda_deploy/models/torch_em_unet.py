@@ -132,15 +132,17 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     With input statistics (torch-em's default "InstanceNorm", or training) the
     mean and the two-pass variance are computed axis by axis (`_spatial_mean`);
-    with running statistics in eval mode ("InstanceNormTrackStats") torch's
-    own kernel is used, which is an affine map per channel.
+    with running statistics in eval mode ("InstanceNormTrackStats") it is the
+    per-channel affine map torch's kernel computes, written out (the
+    TorchScript-based ONNX exporter refuses that kernel for a dynamic batch).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.track_running_stats and not self.training:
-            return super().forward(x)
-        d = x - _spatial_mean(x)
-        y = d / torch.sqrt(_spatial_mean(d * d) + self.eps)
+            y = (x - self.running_mean[:, None, None]) / torch.sqrt(self.running_var[:, None, None] + self.eps)
+        else:
+            d = x - _spatial_mean(x)
+            y = d / torch.sqrt(_spatial_mean(d * d) + self.eps)
         if self.affine:
             y = y * self.weight[:, None, None] + self.bias[:, None, None]
         return y
