@@ -1,13 +1,27 @@
-"""Target dice on the synthetic domain shift: Otsu, source models and adaptation variants.
+"""Does adaptation help? Target dice over several synthetic shifts, seeds and methods.
 
-    python benchmarks/adaptation.py [--out benchmarks/_adaptation] [--quick]
+    python benchmarks/adaptation.py [--out benchmarks/_adaptation] [--seeds 0 1 2]
+        [--shifts appearance dim-gradient ...] [--rows all|core] [--quick]
 
-Fixed seeds, CPU. Prints a markdown table; record it in benchmarks/RESULTS.md.
+For every shift the table first prints its preconditions, measured with the PUNet
+source model on the labeled target test images: source dice, the share of error
+pixels whose consensus is < 1 (errors the samples are unsure of, which consensus
+filtering can leave out) and the share of error pixels farther than 3 px from an
+object border (errors that are not just a border placement). Self-training can
+only fix errors that are uncertain; border placement is set by how the source
+labels were drawn and no pseudo-label can move it.
+
+Then one row per method: mean target dice over seeds ± standard deviation.
+Adaptation rows also print the label-free verdict of each run (health.json)
+against the sign of its true change, and whether the label-free checkpoint choice
+(`--select-on last`) is the checkpoint that true dice would pick.
+Fixed seeds, CPU, 2 threads. Record the output in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +34,8 @@ from skimage.filters import threshold_otsu
 from probda_deploy.data.io import read_image, read_label
 from probda_deploy.data.pairs import match_labels
 from probda_deploy.data.synthetic import write_dataset
-from probda_deploy.metrics import dice_hard, dice_soft
+from probda_deploy.errors import TrainingStopped
+from probda_deploy.metrics import dice_hard
 from probda_deploy.models.checkpoint import model_from_checkpoint
 from probda_deploy.models.predict import predict_maps
 from probda_deploy.training.adapt import adapt
@@ -28,16 +43,17 @@ from probda_deploy.training.adaptation import AdaptConfig
 from probda_deploy.training.config import TrainConfig
 from probda_deploy.training.source import train_source
 
-
-def evaluate(pairs, predict) -> tuple[float, float]:
-    hard, soft = [], []
-    for img_path, lab_path in pairs:
-        img = read_image(img_path)
-        lab = read_label(lab_path, shape=img.shape)
-        prob = predict(img)
-        hard.append(dice_hard(prob, lab))
-        soft.append(dice_soft(prob, lab))
-    return float(np.mean(hard)), float(np.mean(soft))
+SHIFTS = ("appearance", "size-shape", "density", "blur-noise", "dim-gradient", "target-gradient")
+MT = AdaptConfig(iterations=150, batch_size=4, patch_size=96, ema=0.97, val_every=50)
+ADAPT_ROWS = {
+    "UNet mean-teacher (confidence mask)": ("unet", MT),
+    "PUNet mean-teacher masking": ("punet", MT),
+    "PUNet mean-teacher weighting": ("punet", replace(MT, filter="weighting")),
+    "PUNet mean-teacher none": ("punet", replace(MT, filter="none")),
+    "PUNet FixMatch masking (alignment)": ("punet", replace(MT, strategy="fixmatch")),
+    "PUNet joint AdaMT masking": ("punet", replace(MT, joint=True)),
+}
+CORE = ("PUNet mean-teacher masking", "PUNet mean-teacher none")
 
 
 def otsu(img: np.ndarray) -> np.ndarray:
@@ -45,80 +61,131 @@ def otsu(img: np.ndarray) -> np.ndarray:
     return (smooth > threshold_otsu(smooth)).astype(np.float32)
 
 
+def test_set(pairs) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for img_path, lab_path in pairs:
+        img = read_image(img_path)
+        out.append((img, read_label(lab_path, shape=img.shape) > 0))
+    return out
+
+
+def dice_of(predict, data) -> float:
+    return float(np.mean([dice_hard(predict(img), lab) for img, lab in data]))
+
+
 def model_predictor(ckpt: Path):
     model = model_from_checkpoint(ckpt)
     return lambda img: predict_maps(model, img, k=16, seed=0)["prob"]
 
 
+def preconditions(ckpt: Path, data) -> dict[str, float]:
+    """Source dice, share of error pixels with consensus < 1, share farther than 3 px from a border."""
+    model = model_from_checkpoint(ckpt)
+    dice, unsure, far, n_err = [], 0, 0, 0
+    for img, lab in data:
+        maps = predict_maps(model, img, k=16, seed=0)
+        err = (maps["prob"] >= 0.5) != lab
+        border = lab ^ ndimage.binary_erosion(lab)
+        dist = ndimage.distance_transform_edt(~border)
+        dice.append(dice_hard(maps["prob"], lab))
+        unsure += int((maps["consensus"][err] < 1).sum())
+        far += int((dist[err] > 3).sum())
+        n_err += int(err.sum())
+    return {"source_dice": float(np.mean(dice)), "err_unsure": unsure / max(n_err, 1), "err_far": far / max(n_err, 1)}
+
+
+def selection_agrees(run: Path) -> bool | None:
+    """Is best.pt (label-free choice) the validation checkpoint with the highest true dice?"""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    lines = [m for m in lines if "val_dice" in m and "stop" not in m]
+    if not lines:
+        return None
+    chosen = max((m for m in lines if m.get("best")), key=lambda m: m["iteration"], default=lines[-1])
+    return chosen["val_dice"] >= max(m["val_dice"] for m in lines) - 1e-9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("benchmarks/_adaptation"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--shifts", nargs="+", default=list(SHIFTS))
+    ap.add_argument("--rows", choices=("all", "core"), default="all")
     ap.add_argument("--quick", action="store_true", help="tiny budget smoke run")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    q = args.quick
-    n, size = (6, 96) if q else (10, 160)
-    src_img, src_lab = write_dataset(args.out / "source", n_images=n, shape=(size, size), domain="source", seed=0)
-    tgt_img, tgt_lab = write_dataset(args.out / "target", n_images=n, shape=(size, size), domain="target", seed=0)
-    test = match_labels(*write_dataset(args.out / "target_test", n_images=n // 2, shape=(size, size), domain="target", seed=1))
-    grad_img, _ = write_dataset(args.out / "gradient", n_images=n, shape=(size, size), domain="target-gradient", seed=0)
-    grad_test = match_labels(*write_dataset(args.out / "gradient_test", n_images=n // 2, shape=(size, size),
-                                            domain="target-gradient", seed=1))
-    src_test = match_labels(*write_dataset(args.out / "source_test", n_images=n // 2, shape=(size, size), domain="source", seed=1))
+    n, size, it_src = (4, 96, 20) if args.quick else (12, 192, 200)
+    it_ad = 10 if args.quick else MT.iterations
+    rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in CORE}
+    results: dict = {}  # (shift, row) -> list of dice; plus checks
+    checks = {"verdict": [], "selection": []}
+    pre: dict = {}
+    t_all = time.perf_counter()
+    for seed in args.seeds:
+        root = args.out / f"seed{seed}"
+        src_img, src_lab = write_dataset(root / "source", n_images=n, shape=(size, size), domain="source", seed=seed)
+        sources = {}
+        for kind, model in (("punet", "punet-small"), ("unet", "unet-small")):
+            cfg = TrainConfig(model=model, iterations=it_src, batch_size=4, patch_size=96, lr=1e-3,
+                              val_every=max(10, it_src // 2), seed=seed)
+            run = root / f"source_{kind}"
+            train_source(src_img, src_lab, run_dir=run, config=cfg, resume=(run / "latest.pt").exists())
+            sources[kind] = run / "latest.pt"
+        for shift in args.shifts:
+            t_img, t_lab = write_dataset(root / shift / "target", n_images=n, shape=(size, size), domain=shift, seed=seed)
+            test = test_set(match_labels(*write_dataset(root / shift / "test", n_images=max(2, n // 2),
+                                                        shape=(size, size), domain=shift, seed=seed + 100)))
+            pre.setdefault(shift, []).append(preconditions(sources["punet"], test))
+            src_dice = {}
+            for name, predict in (("Otsu threshold", otsu), ("UNet source", model_predictor(sources["unet"])),
+                                  ("PUNet source", model_predictor(sources["punet"]))):
+                results.setdefault((shift, name), []).append(dice_of(predict, test))
+            src_dice = {"punet": results[(shift, "PUNet source")][-1], "unet": results[(shift, "UNet source")][-1]}
+            for name, (kind, cfg) in rows.items():
+                run = root / shift / ("adapt_" + name.split(" (")[0].replace(" ", "_"))
+                cfg = replace(cfg, iterations=it_ad, val_every=max(5, it_ad // 3), seed=seed)
+                t = time.perf_counter()
+                verdict = "?"
+                try:
+                    if not (run / "health.json").exists():
+                        adapt(sources[kind], t_img, run_dir=run, config=cfg, target_labels=t_lab,
+                              source_images=src_img, source_labels=src_lab, resume=(run / "latest.pt").exists())
+                    verdict = json.loads((run / "health.json").read_text())["verdict"]
+                    dice = dice_of(model_predictor(run / "best.pt"), test)
+                except TrainingStopped:
+                    verdict = "collapsed"
+                    best = run / "best.pt"
+                    dice = dice_of(model_predictor(best if best.exists() else sources[kind]), test)
+                results.setdefault((shift, name), []).append(dice)
+                change = dice - src_dice[kind]
+                if abs(change) >= 0.02:
+                    checks["verdict"].append((verdict == "improved") == (change > 0) and verdict != "unchanged")
+                agrees = selection_agrees(run) if (run / "metrics.jsonl").exists() else None
+                if agrees is not None:
+                    checks["selection"].append(agrees)
+                print(f"  seed {seed} {shift} {name}: dice {dice:.3f} ({change:+.3f}), verdict {verdict}, "
+                      f"label-free pick = true-dice pick: {agrees}, {time.perf_counter() - t:.0f}s", flush=True)
+    print(f"\n{n} source / {n} target train images and {max(2, n // 2)} target test images of {size}x{size} per seed; "
+          f"seeds {args.seeds}; source {it_src} it, adaptation {it_ad} it (patch 96, batch 4); "
+          f"total {time.perf_counter() - t_all:.0f}s\n")
+    _print_table(args.shifts, results, pre, ["Otsu threshold", "UNet source", "PUNet source", *rows])
+    for key, vals in checks.items():
+        what = {"verdict": "label-free verdict agrees with the sign of the true change (|change| >= 0.02)",
+                "selection": "label-free checkpoint choice = true-dice choice"}[key]
+        print(f"- {what}: {sum(vals)} of {len(vals)} runs")
 
-    it_src, it_ad = (20, 20) if q else (150, 120)
-    base = TrainConfig(iterations=it_src, batch_size=4, patch_size=96, lr=1e-3, val_every=max(10, it_src // 3), seed=0)
-    rows, t_all = [], time.perf_counter()
 
-    def row(name, predict, seconds=0.0, pairs=None):
-        th, ts = evaluate(pairs or test, predict)
-        sh, _ = evaluate(src_test, predict)
-        rows.append((name, th, ts, sh, seconds))
-        print(f"  {name}: target dice {th:.3f} (soft {ts:.3f}), source dice {sh:.3f}, {seconds:.0f}s", flush=True)
+def _fmt(vals: list[float]) -> str:
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
 
-    row("Otsu threshold (no learning)", otsu)
-    sources = {}
-    for name, cfg in [("UNet source", replace(base, model="unet-small", augment="robust")),
-                      ("PUNet source (augment paper)", replace(base, model="punet-small", augment="paper")),
-                      ("PUNet source (augment robust)", replace(base, model="punet-small", augment="robust"))]:
-        run = args.out / f"{cfg.model}_{cfg.augment}"
-        t = time.perf_counter()
-        train_source(src_img, src_lab, run_dir=run, config=cfg, resume=(run / "latest.pt").exists())
-        sources[name] = run / "latest.pt"
-        row(name, model_predictor(run / "latest.pt"), time.perf_counter() - t)
 
-    ad = AdaptConfig(iterations=it_ad, batch_size=4, patch_size=96, lr=1e-4, ema=0.99, val_every=max(10, it_ad // 3), seed=0)
-    variants = [
-        ("UNet mean-teacher (confidence mask)", "UNet source", ad),
-        ("PUNet mean-teacher masking", "PUNet source (augment robust)", ad),
-        ("PUNet mean-teacher weighting", "PUNet source (augment robust)", replace(ad, filter="weighting")),
-        ("PUNet mean-teacher none", "PUNet source (augment robust)", replace(ad, filter="none")),
-        ("PUNet FixMatch masking", "PUNet source (augment robust)", replace(ad, strategy="fixmatch")),
-        ("PUNet joint AdaMT masking", "PUNet source (augment robust)", replace(ad, joint=True)),
-    ]
-    for name, src_name, cfg in variants:
-        run = args.out / ("adapt_" + name.replace(" ", "_").replace("(", "").replace(")", ""))
-        t = time.perf_counter()
-        adapt(sources[src_name], tgt_img, run_dir=run, config=cfg, source_images=src_img, source_labels=src_lab,
-              resume=(run / "latest.pt").exists())
-        row(name, model_predictor(run / "latest.pt"), time.perf_counter() - t)
-
-    # the strong-illumination-gradient shift: where source models are confidently wrong
-    rows.append(("**target-gradient shift**", float("nan"), float("nan"), float("nan"), 0.0))
-    row("Otsu threshold [gradient]", otsu, pairs=grad_test)
-    best_src = sources["PUNet source (augment robust)"]
-    row("PUNet source (augment robust) [gradient]", model_predictor(best_src), pairs=grad_test)
-    run = args.out / "adapt_gradient_mt_masking"
-    t = time.perf_counter()
-    adapt(best_src, grad_img, run_dir=run, config=ad, resume=(run / "latest.pt").exists())
-    row("PUNet mean-teacher masking [gradient]", model_predictor(run / "latest.pt"), time.perf_counter() - t, pairs=grad_test)
-
-    print(f"\n{n} source / {n} target train images, {n // 2} target test images, {size}x{size}; "
-          f"source {it_src} it, adaptation {it_ad} it; total {time.perf_counter() - t_all:.0f}s\n")
-    print("| method | target dice (hard) | target dice (soft) | source dice (hard) | train s |")
-    print("|---|---|---|---|---|")
-    for name, th, ts, sh, s in rows:
-        print(f"| {name} | {th:.3f} | {ts:.3f} | {sh:.3f} | {s:.0f} |".replace("nan", ""))
+def _print_table(shifts, results, pre, names) -> None:
+    print("| method | " + " | ".join(shifts) + " |")
+    print("|---|" + "---|" * len(shifts))
+    for label, key in (("source dice (PUNet)", "source_dice"), ("errors unsure (consensus < 1)", "err_unsure"),
+                       ("errors > 3 px from a border", "err_far")):
+        print(f"| *{label}* | " + " | ".join(f"{np.mean([p[key] for p in pre[s]]):.2f}" for s in shifts) + " |")
+    for name in names:
+        print(f"| {name} | " + " | ".join(_fmt(results[(s, name)]) for s in shifts) + " |")
 
 
 if __name__ == "__main__":

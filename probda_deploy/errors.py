@@ -34,3 +34,7 @@ class RuntimeModelError(ProbdaError):
 
 class ZooValidationError(ProbdaError):
     """A bioimage.io package failed validation."""
+
+
+class TrainingStopped(ProbdaError):
+    """A run stopped itself because its label-free health check failed (e.g. collapse)."""

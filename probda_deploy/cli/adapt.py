@@ -24,8 +24,28 @@ class FilterName(str, Enum):
 
 
 class SelectOn(str, Enum):
+    last = "last"
     pseudo = "pseudo"
     labels = "labels"
+
+
+class Loss(str, Enum):
+    dice = "dice"
+    bce = "bce"
+    dice_bce = "dice+bce"
+
+
+class View(str, Enum):
+    none = "none"
+    noise = "noise"
+    weak = "weak"
+    strong = "strong"
+    strong_intensity = "strong-intensity"
+
+
+class Scope(str, Enum):
+    image = "image"
+    patch = "patch"
 
 
 def adapt(
@@ -45,11 +65,15 @@ def adapt(
     iterations: Annotated[int, typer.Option("--iterations", help="Total iterations (paper: 10000 on a GPU).")] = 1000,
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="[default: 256 on CUDA, 128 on CPU]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="(paper: 2)")] = 4,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 1e-4,
-    ema: Annotated[float, typer.Option("--ema", help="Teacher EMA momentum (paper: 0.999 over 10k steps; 0.99 keeps the same horizon over 1k).")] = 0.99,
-    distribution_alignment: Annotated[bool, typer.Option("--distribution-alignment", help="FixMatch: match the target foreground fraction to the source model's.")] = False,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 3e-4,
+    ema: Annotated[float, typer.Option("--ema", help="Teacher EMA momentum (paper: 0.999 over 10k steps).")] = 0.99,
+    distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
+    loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
+    teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
+    student_view: Annotated[Optional[View], typer.Option("--student-view", help="[default: noise for mean-teacher, strong-intensity for fixmatch; reference: weak / strong].")] = None,
+    normalization: Annotated[Scope, typer.Option("--normalization", help="image (whole-image statistics, as prediction) | patch (reference code).")] = Scope.image,
     target_labels: Annotated[Optional[Path], typer.Option("--target-labels", help="Target labels: also log true dice on held-out target images.")] = None,
-    select_on: Annotated[SelectOn, typer.Option("--select-on", help="best.pt by teacher-student agreement (pseudo) or, with --target-labels, true dice (labels).")] = SelectOn.pseudo,
+    select_on: Annotated[SelectOn, typer.Option("--select-on", help="best.pt = the latest healthy checkpoint (last), the best teacher-student agreement (pseudo) or, with --target-labels, true dice (labels).")] = SelectOn.last,
     val_every: Annotated[int, typer.Option("--val-every")] = 100,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest.pt.")] = False,
@@ -71,15 +95,22 @@ def adapt(
     cfg = AdaptConfig(strategy=strategy.value, joint=joint, filter=filter_.value, consensus=consensus.value,
                       samples=samples, upper=upper, lower=lower, iterations=iterations, batch_size=batch_size,
                       patch_size=patch_size, lr=lr, ema=ema, distribution_alignment=distribution_alignment,
+                      reconstruction=loss.value, teacher_view=teacher_view and teacher_view.value,
+                      student_view=student_view and student_view.value, normalization=normalization.value,
                       val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed)
     run_dir = new_run_dir("adapt", output)
     err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  device: {dev}")
+    from ..errors import TrainingStopped
     from .progress import training_progress
 
     with training_progress(f"adapt ({cfg.name})", cfg.iterations, quiet=quiet) as cb:
-        result = run_adapt(source, target, run_dir=run_dir, config=cfg, target_labels=target_labels,
-                           source_images=source_images, source_labels=source_labels, device=dev, resume=resume,
-                           provenance={"command": " ".join(sys.argv)}, on_progress=cb)
+        try:
+            result = run_adapt(source, target, run_dir=run_dir, config=cfg, target_labels=target_labels,
+                               source_images=source_images, source_labels=source_labels, device=dev, resume=resume,
+                               provenance={"command": " ".join(sys.argv)}, on_progress=cb)
+        except TrainingStopped:
+            _print_health(run_dir)
+            raise
     m = result.last_metrics
     summary = f"agreement {m.get('val_agreement', float('nan')):.3f}"
     if "val_dice" in m:
@@ -87,6 +118,24 @@ def adapt(
     out.print(f"[green]done[/]: {cfg.name} ({cfg.filter}) {result.iterations} iterations in {result.seconds:.0f}s on {result.device}; {summary}")
     deployed = "EMA teacher" if cfg.strategy == "mean-teacher" else "model"
     out.print(f"checkpoints (deploy the {deployed}): {run_dir / 'best.pt'}, {run_dir / 'latest.pt'}")
+    _print_health(run_dir)
+
+
+def _print_health(run_dir: Path) -> None:
+    import json
+
+    from ..training.health import HEALTH_FILE
+
+    path = run_dir / HEALTH_FILE
+    if not path.exists():
+        return
+    h = json.loads(path.read_text())
+    src, ada = h["source"], h["adapted"]
+    color = {"improved": "green", "unchanged": "yellow"}.get(h["verdict"], "red")
+    out.print(f"health (no labels needed): target foreground {src['foreground']:.3f} -> {ada.get('foreground', float('nan')):.3f}, "
+              f"consensus {src['consensus']:.3f} -> {ada.get('consensus', float('nan')):.3f}, "
+              f"sample diversity {src['diversity']:.4f} -> {ada.get('diversity', float('nan')):.4f}")
+    out.print(f"verdict: [{color}]{h['verdict']}[/] - {h['sentence']} ({path})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,13 +26,18 @@ def describe_checkpoint(path: Path) -> None:
 
     ckpt = load_checkpoint(path)
     n_params = sum(v.numel() for v in ckpt["state_dict"].values())
+    metrics = ckpt.get("metrics", {})
+    diversity = "-" if "val_diversity" not in metrics else (
+        f"{metrics['val_diversity']:.4f} (1 - mean pairwise dice of prior samples on validation patches; "
+        f"~0 means the samples only differ by noise and consensus acts as a confidence threshold)")
     out.print(_kv_table(f"checkpoint {path}", {
         "model": f"{ckpt['model_class']} ({n_params / 1e6:.2f} M parameters)",
         "config": ckpt["model_config"],
         "strategy": ckpt.get("strategy", "-"),
         "iteration": str(ckpt.get("iteration")),
         "best metric": str(ckpt.get("best_metric", "-")),
-        "metrics": ckpt.get("metrics", {}),
+        "metrics": metrics,
+        "sample diversity": diversity,
         "deploys": "teacher (EMA) weights" if "teacher_state_dict" in ckpt else "model weights",
         "normalization": ckpt.get("normalization", {}),
         "train config": ckpt.get("train_config", {}),
@@ -70,11 +75,17 @@ def info(
         if not ckpts:
             raise ProbdaError(f"{path}: no best.pt/latest.pt or manifest.json here")
         describe_checkpoint(ckpts[0])
+        health = path / "health.json"
+        if health.exists():
+            h = json.loads(health.read_text())
+            out.print(_kv_table("adaptation health (label-free)", {
+                "verdict": f"{h['verdict']}: {h['sentence']}", "source model": h["source"], "adapted": h["adapted"],
+                "teacher-student agreement": h.get("teacher_student_agreement")}))
         metrics = path / "metrics.jsonl"
         if metrics.exists():
             lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
             table = Table(title="validation history", title_justify="left")
-            keys = [k for k in lines[-1] if k not in ("best",)][:8]
+            keys = [k for k in lines[-1] if k not in ("best", "verdict_reason", "stop") and not k.startswith("train_")][:9]
             for k in keys:
                 table.add_column(k)
             for line in lines[-15:]:

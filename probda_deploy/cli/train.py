@@ -23,6 +23,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="[default: 4]")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate [default: 1e-4; paper: 1e-5 PUNet / 1e-4 UNet at 100k iterations].")] = None,
     augment: Annotated[Optional[str], typer.Option("--augment", help="paper (flips) | robust (+ intensity, contrast, gamma, blur, noise, low-res) [default: robust].")] = None,
+    normalization: Annotated[Optional[str], typer.Option("--normalization", help="image (patches standardised with their image's statistics, as prediction does) | patch (reference code) [default: image].")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of images held out for validation [default: 0.1].")] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate and checkpoint every N iterations [default: 100].")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed [default: 0].")] = None,
@@ -38,7 +39,7 @@ def train(
 
     cfg, model_options = (load_toml(config) if config else (TrainConfig(), {}))
     flags = dict(model=model, iterations=iterations, patch_size=patch_size, batch_size=batch_size, lr=lr,
-                 augment=augment, val_fraction=val_fraction, val_every=val_every, seed=seed)
+                 augment=augment, normalization=normalization, val_fraction=val_fraction, val_every=val_every, seed=seed)
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     dev = resolve_device(device)
     if patch_size is None and "patch_size" not in (_toml_keys(config) if config else set()) and dev == "cpu":

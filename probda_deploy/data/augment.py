@@ -3,7 +3,9 @@
 - geometric: flips and 90-degree rotations, applied to image and label alike;
 - `paper` preset: flips only (reference code); `robust` adds nnU-Net-style
   intensity scaling, contrast, gamma, blur, noise and low-resolution simulation;
-- weak / strong views for self-training (METHOD.md section 4).
+- views for self-training (METHOD.md section 4): `none` (geometry only),
+  `noise` (additive noise: changes no object's apparent size), `weak` and
+  `strong` (the reference's, with blur; blur changes apparent object size).
 Every function takes an explicit `np.random.Generator`.
 """
 
@@ -53,6 +55,7 @@ def _contrast(x: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _gamma(x: np.ndarray, gamma: float) -> np.ndarray:
+    """Non-affine intensity change (survives re-standardisation, unlike contrast)."""
     lo, hi = x.min(), x.max()
     rng_ = hi - lo + 1e-7
     return ((x - lo) / rng_) ** gamma * rng_ + lo
@@ -88,26 +91,41 @@ def robust_intensity(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ViewAugment:
-    """Blur / noise / contrast view augmentation (each with probability p), then re-standardise."""
+    """Blur / noise / contrast / gamma view augmentation (each with probability p), then re-standardise.
 
-    blur: tuple[float, float] = (0.0, 3.0)
-    noise: tuple[float, float] = (0.0, 0.15)
+    `contrast` is affine and therefore undone by the re-standardisation (kept for
+    the reference's strong view); `gamma` is the non-affine intensity change.
+    """
+
+    blur: tuple[float, float] | None = (0.0, 3.0)
+    noise: tuple[float, float] | None = (0.0, 0.15)
     contrast: tuple[float, float] | None = None
+    gamma: tuple[float, float] | None = None
     p: float = 0.25
 
     def __call__(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
         out = x.copy()
         for i in range(x.shape[0]):
             s = out[i]
-            if rng.random() < self.p:
+            if self.blur is not None and rng.random() < self.p:
                 s = _blur(s, rng.uniform(*self.blur))
-            if rng.random() < self.p:
+            if self.noise is not None and rng.random() < self.p:
                 s = _noise(rng, s, rng.uniform(*self.noise))
             if self.contrast is not None and rng.random() < self.p:
                 s = _contrast(s, np.exp(rng.uniform(np.log(self.contrast[0]), np.log(self.contrast[1]))))
+            if self.gamma is not None and rng.random() < self.p:
+                s = _gamma(s, np.exp(rng.uniform(np.log(self.gamma[0]), np.log(self.gamma[1]))))
             out[i] = s
         return standardize_batch(out)
 
 
+def _geometry_only(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    return x
+
+
 WEAK = ViewAugment()
 STRONG = ViewAugment(blur=(1.0, 4.0), noise=(0.1, 0.35), contrast=(0.33, 3.0), p=0.5)
+# FixMatch's strong view without blur (size-changing) and with gamma instead of the no-op contrast
+STRONG_INTENSITY = ViewAugment(blur=None, noise=(0.1, 0.35), gamma=(0.5, 2.0), p=0.5)
+VIEWS = {"none": _geometry_only, "noise": ViewAugment(blur=None, noise=(0.0, 0.15), p=0.5),
+         "weak": WEAK, "strong": STRONG, "strong-intensity": STRONG_INTENSITY}

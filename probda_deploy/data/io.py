@@ -5,6 +5,7 @@ Every problem becomes one `ImageReadError` whose message starts with the file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -196,17 +197,27 @@ def current_umask() -> int:
     return mask
 
 
-def write_tiff_atomic(path: str | Path, array: np.ndarray, **kwargs) -> Path:
-    """Write a TIFF via a temp file + rename so no partial file is ever visible."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temp file path beside `path`; on success it is renamed to `path`, on error removed.
+
+    No partial file is ever visible under the final name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        tifffile.imwrite(tmp, array, **kwargs)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_tiff_atomic(path: str | Path, array: np.ndarray, **kwargs) -> Path:
+    """Write a TIFF via a temp file + rename so no partial file is ever visible."""
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, **kwargs)
+    return Path(path)

@@ -87,21 +87,44 @@ def _crop(arr: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
     return arr[y : y + size, x : x + size]
 
 
+NORMALIZATION_SCOPES = ("image", "patch")
+
+
+def _stats(img: np.ndarray) -> tuple[float, float]:
+    return float(img.mean(dtype=np.float64)), float(img.std(dtype=np.float64))
+
+
+def standardize_crop(data: ImageSet, i: int, y: int, x: int, size: int, scope: str, stats: list | None) -> np.ndarray:
+    """Crop of image i standardised with the whole image's statistics ("image") or its own ("patch")."""
+    crop = _crop(data.images[i], y, x, size)
+    if scope == "patch" or stats is None:
+        return standardize(crop)
+    mean, std = stats[i]
+    return standardize(crop, mean=mean, std=std)
+
+
 class PatchSampler:
-    """Random patches (B, 1, P, P), standardised per patch (METHOD.md section 2).
+    """Random patches (B, 1, P, P), standardised (METHOD.md sections 2 and 5).
 
     Args:
         data: images (and labels for supervised sampling).
         patch_size: P; must be a multiple of the model's size multiple.
         min_foreground: reject patches with a smaller label foreground fraction
             (up to `max_tries` draws, then accept).
+        normalization: "image" (statistics of the whole image, as prediction
+            uses them) or "patch" (each patch its own; the reference code).
     """
 
-    def __init__(self, data: ImageSet, patch_size: int, *, min_foreground: float = 0.0, max_tries: int = 10):
+    def __init__(self, data: ImageSet, patch_size: int, *, min_foreground: float = 0.0, max_tries: int = 10,
+                 normalization: str = "image"):
         if len(data) == 0:
             raise ConfigError("no images to sample patches from")
+        if normalization not in NORMALIZATION_SCOPES:
+            raise ConfigError(f"unknown normalization '{normalization}'; choose one of {', '.join(NORMALIZATION_SCOPES)}")
         self.data, self.size = data, patch_size
         self.min_fg, self.max_tries = min_foreground, max_tries
+        self.scope = normalization
+        self.stats = [_stats(im) for im in data.images] if normalization == "image" else None
         areas = np.array([im.size for im in data.images], dtype=np.float64)
         self.p = areas / areas.sum()
 
@@ -114,7 +137,7 @@ class PatchSampler:
             lab = None if self.data.labels is None else _crop(self.data.labels[i], y, x, self.size)
             if lab is None or self.min_fg <= 0 or lab.mean() >= self.min_fg:
                 break
-        return standardize(_crop(img, y, x, self.size)), lab
+        return standardize_crop(self.data, i, y, x, self.size, self.scope, self.stats), lab
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(x, y): (B, 1, P, P) float32 each; y is None for unlabeled data."""
@@ -124,14 +147,16 @@ class PatchSampler:
         return x, y
 
 
-def grid_patches(data: ImageSet, patch_size: int, *, max_patches: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+def grid_patches(data: ImageSet, patch_size: int, *, max_patches: int = 64,
+                 normalization: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
     """Deterministic non-overlapping patches covering the images (for validation)."""
     xs, ys = [], []
+    stats = [_stats(im) for im in data.images] if normalization == "image" else None
     for i, img in enumerate(data.images):
         h, w = img.shape
         for y0 in range(0, max(1, h - patch_size + 1), patch_size):
             for x0 in range(0, max(1, w - patch_size + 1), patch_size):
-                xs.append(standardize(_crop(img, y0, x0, patch_size)))
+                xs.append(standardize_crop(data, i, y0, x0, patch_size, normalization, stats))
                 if data.labels is not None:
                     ys.append(_crop(data.labels[i], y0, x0, patch_size))
     idx = np.linspace(0, len(xs) - 1, num=min(max_patches, len(xs))).round().astype(int)

@@ -28,6 +28,11 @@ class DomainStyle:
     gradient: float = 0.0
     brightness: tuple[float, float] = (0.6, 1.0)
     texture: float = 0.15
+    radius: tuple[float, float] = (5.0, 13.0)
+    # share of objects with a dim core (hollow nuclei, e.g. nucleoli or other stains) and its relative brightness
+    hollow: float = 0.0
+    hollow_level: float = 0.3
+    density: float = 1.0
 
 
 DOMAINS = {
@@ -37,6 +42,16 @@ DOMAINS = {
     # as "target" with a strong illumination gradient: the bright side's background outshines the dim
     # side's objects, and source models are confidently wrong there (consensus cannot filter that out)
     "target-gradient": DomainStyle(blur=2.0, noise=0.1, background=0.3, contrast=0.5, gradient=0.4, brightness=(0.25, 1.0), texture=0.3),
+    # appearance: textured nuclei, many with dim cores, a wide brightness spread
+    "appearance": DomainStyle(blur=1.0, noise=0.05, background=0.1, texture=0.45, brightness=(0.2, 1.0), hollow=0.6),
+    # size and shape: larger, elongated nuclei
+    "size-shape": DomainStyle(radius=(8.0, 22.0), brightness=(0.4, 1.0)),
+    # density: crowded, touching nuclei
+    "density": DomainStyle(density=2.5, brightness=(0.4, 1.0)),
+    # blur and noise: a lower-resolution, noisier camera
+    "blur-noise": DomainStyle(blur=2.5, noise=0.15, background=0.15),
+    # dim objects on a brighter background with an illumination gradient
+    "dim-gradient": DomainStyle(noise=0.06, background=0.3, contrast=0.6, gradient=0.25, brightness=(0.15, 0.8), texture=0.2),
 }
 
 
@@ -44,13 +59,13 @@ def make_nuclei(rng: np.random.Generator, shape: tuple[int, int] = (256, 256), *
                 density: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """One image (H, W) uint16 and its instance labels (H, W) uint16."""
     h, w = shape
-    n = max(1, int(rng.poisson(density * h * w / 1800)))
+    n = max(1, int(rng.poisson(density * style.density * h * w / 1800)))
     labels = np.zeros(shape, np.uint16)
     signal = np.zeros(shape, np.float64)
     yy, xx = np.mgrid[0:h, 0:w]
     for i in range(1, n + 1):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        ry, rx = rng.uniform(5, 13), rng.uniform(5, 13)
+        ry, rx = rng.uniform(*style.radius), rng.uniform(*style.radius)
         theta = rng.uniform(0, np.pi)
         dy, dx = yy - cy, xx - cx
         u = (dy * np.cos(theta) + dx * np.sin(theta)) / ry
@@ -61,6 +76,9 @@ def make_nuclei(rng: np.random.Generator, shape: tuple[int, int] = (256, 256), *
             continue
         labels[free] = i
         signal[free] = rng.uniform(*style.brightness)
+        if style.hollow > 0 and rng.random() < style.hollow:
+            core = free & ((u**2 + v**2) <= rng.uniform(0.3, 0.6))
+            signal[core] *= style.hollow_level
     texture = ndimage.gaussian_filter(rng.normal(size=shape), 2.0)
     texture /= texture.std() + 1e-9
     img = signal * (1 + style.texture * texture)
@@ -88,9 +106,9 @@ def write_dataset(out_dir: str | Path, *, n_images: int = 20, shape: tuple[int, 
         The images folder and the labels folder.
     """
     out = Path(out_dir)
-    style = DOMAINS[domain]
     if domain not in DOMAINS:
         raise ValueError(f"unknown synthetic domain '{domain}'; choose one of {', '.join(DOMAINS)}")
+    style = DOMAINS[domain]
     rng = np.random.default_rng([seed, 0 if domain == "source" else 1])
     img_dir, lab_dir = out / "images", out / "labels"
     for i in range(n_images):

@@ -13,13 +13,13 @@ import torch
 from ..data.io import list_images
 from ..data.pairs import match_labels
 from ..data.patches import ImageSet, PatchSampler, grid_patches, load_image_set
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingStopped
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..runtime.manifest import sha256_file
 from ..models.registry import model_from_spec
 from .adaptation import AdaptConfig, SelfTrainingStrategy
 from .loop import FitResult, LoopConfig, fit
-from .validation import mean_prediction
+from .health import snapshot, write_health
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ def _initial_model(source_ckpt: dict, cfg: AdaptConfig) -> torch.nn.Module:
         torch.manual_seed(cfg.seed)
         return model_from_spec(source_ckpt["model_class"], dict(source_ckpt["model_config"]))
     return model_from_checkpoint(source_ckpt)  # deployed weights (teacher if the source was adapted)
-
-
-def _source_fraction(source_ckpt: dict, model: torch.nn.Module, val_x: np.ndarray) -> float:
-    """Foreground fraction the source model expects: from its training labels, else its own target predictions."""
-    stats = source_ckpt.get("data_stats", {})
-    if "foreground_fraction" in stats:
-        return float(stats["foreground_fraction"])
-    return float(mean_prediction(model, val_x, k=8).mean())
 
 
 def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = AdaptConfig(),
@@ -69,15 +61,21 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
     if cfg.patch_size % mult:
         raise ConfigError(f"--patch-size {cfg.patch_size} must be a multiple of {mult} for this model")
     train, val = _target_sets(target, target_labels, cfg)
-    vx, vy = grid_patches(val, cfg.patch_size)
+    vx, vy = grid_patches(val, cfg.patch_size, normalization=cfg.normalization)
     src_sampler = None
     if cfg.joint:
         if source_images is None:
             raise ConfigError("--joint needs --source-images (and --source-labels unless labels sit next to the images)")
-        src_sampler = PatchSampler(load_image_set(match_labels(source_images, source_labels), labeled=True), cfg.patch_size)
-    frac = _source_fraction(src_ckpt, model, vx) if cfg.distribution_alignment else None
-    strategy = SelfTrainingStrategy(model, cfg, PatchSampler(train, cfg.patch_size), {"x": vx, "y": vy},
-                                    source=src_sampler, source_fraction=frac)
+        src_sampler = PatchSampler(load_image_set(match_labels(source_images, source_labels), labeled=True), cfg.patch_size,
+                                   normalization=cfg.normalization)
+    torch.manual_seed(cfg.seed)
+    source_health = snapshot(model, vx, k=cfg.val_samples, upper=cfg.upper, lower=cfg.lower)
+    # alignment keeps the source model's own foreground fraction on the target (not the source labels':
+    # a target with denser objects would be pushed towards the source's density)
+    frac = source_health.foreground if cfg.aligned else None
+    target_sampler = PatchSampler(train, cfg.patch_size, normalization=cfg.normalization)
+    strategy = SelfTrainingStrategy(model, cfg, target_sampler, {"x": vx, "y": vy},
+                                    source=src_sampler, source_fraction=frac, source_health=source_health)
     log.info("%s: %d target train / %d val images", cfg.name, len(train), len(val))
     extra = {
         "adapt_config": asdict(cfg),
@@ -93,4 +91,10 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
         },
     }
     loop = LoopConfig(iterations=cfg.iterations, lr=cfg.lr, val_every=cfg.val_every, seed=cfg.seed)
-    return fit(strategy, loop, run_dir=run_dir, device=device, resume=resume, extra=extra, on_progress=on_progress)
+    try:
+        result = fit(strategy, loop, run_dir=run_dir, device=device, resume=resume, extra=extra, on_progress=on_progress)
+    except TrainingStopped as e:
+        write_health(run_dir, source_health, stopped=str(e))
+        raise
+    write_health(run_dir, source_health)
+    return result

@@ -20,14 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.augment import STRONG, WEAK, flip_rotate
+from ..data.augment import VIEWS, flip_rotate
 from ..data.patches import PatchSampler
 from ..errors import ConfigError
-from .losses import supervised_loss
+from .losses import RECONSTRUCTION, supervised_loss
 from .pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels
+from .health import HealthBounds, Snapshot, collapse, snapshot, verdict
 from .validation import dice_scores, mean_prediction
 
 STRATEGIES = ("mean-teacher", "fixmatch")
+SELECT_ON = ("last", "pseudo", "labels")
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,18 @@ class AdaptConfig:
     iterations: int = 1000
     batch_size: int = 4
     patch_size: int = 256
-    lr: float = 1e-4
+    lr: float = 3e-4
     ema: float = 0.99
-    distribution_alignment: bool = False
+    distribution_alignment: bool | None = None  # None: on for FixMatch, off for mean teacher
     reconstruction: str = "dice"
+    # views (data/augment.VIEWS); None = the strategy's default (see `views`)
+    teacher_view: str | None = None
+    student_view: str | None = None
+    normalization: str = "image"
     val_fraction: float = 0.1
     val_every: int = 100
     val_samples: int = 8
-    select_on: str = "pseudo"
+    select_on: str = "last"
     from_scratch: bool = False
     seed: int = 0
 
@@ -67,16 +73,32 @@ class AdaptConfig:
         return self.strategy
 
     @property
+    def views(self) -> tuple[str, str]:
+        """(teacher, student) view names. Defaults: geometry only for the teacher (blur dilates the
+        source model's masks), noise for the mean-teacher student, strong intensity for FixMatch."""
+        student = "noise" if self.strategy == "mean-teacher" else "strong-intensity"
+        return self.teacher_view or "none", self.student_view or student
+
+    @property
+    def aligned(self) -> bool:
+        return self.strategy == "fixmatch" if self.distribution_alignment is None else self.distribution_alignment
+
+    @property
     def pseudo(self) -> PseudoLabelConfig:
         return PseudoLabelConfig(samples=self.samples, rule=self.consensus, upper=self.upper, lower=self.lower, filter=self.filter)
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
-        if self.select_on not in ("pseudo", "labels"):
-            raise ConfigError(f"--select-on must be 'pseudo' or 'labels', not '{self.select_on}'")
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"--select-on must be one of {', '.join(SELECT_ON)}, not '{self.select_on}'")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
+        for flag, view in (("--teacher-view", self.teacher_view), ("--student-view", self.student_view)):
+            if view is not None and view not in VIEWS:
+                raise ConfigError(f"{flag} must be one of {', '.join(VIEWS)}, not '{view}'")
+        if self.reconstruction not in RECONSTRUCTION:
+            raise ConfigError(f"--loss must be one of {', '.join(RECONSTRUCTION)}, not '{self.reconstruction}'")
         self.pseudo  # validates rule, filter, thresholds
 
 
@@ -84,7 +106,8 @@ class SelfTrainingStrategy:
     """Consensus-filtered self-training on unlabeled target patches (plus labeled source patches if joint)."""
 
     def __init__(self, model: nn.Module, cfg: AdaptConfig, target: PatchSampler, val: dict[str, np.ndarray], *,
-                 source: PatchSampler | None = None, source_fraction: float | None = None):
+                 source: PatchSampler | None = None, source_fraction: float | None = None,
+                 source_health: Snapshot | None = None, bounds: HealthBounds = HealthBounds()):
         cfg.check()
         if cfg.joint and source is None:
             raise ConfigError("joint adaptation needs labeled source data (--source-images/--source-labels)")
@@ -98,6 +121,9 @@ class SelfTrainingStrategy:
         self.source_fraction = source_fraction
         self.target_fraction: float | None = None  # running mean of pseudo-label foreground (alignment)
         self.device = torch.device("cpu")
+        self.source_health, self.bounds = source_health, bounds
+        self.last_health: Snapshot | None = None
+        self._iteration = 0
 
     @property
     def deployed(self) -> nn.Module:
@@ -116,8 +142,8 @@ class SelfTrainingStrategy:
     def sample_batch(self, rng):
         x, _ = self.target.sample(rng, self.cfg.batch_size)
         (x,) = flip_rotate(rng, x)
-        student_aug = STRONG if self.cfg.strategy == "fixmatch" else WEAK
-        batch = {"x_teacher": WEAK(rng, x), "x_student": student_aug(rng, x)}
+        teacher_view, student_view = self.cfg.views
+        batch = {"x_teacher": VIEWS[teacher_view](rng, x), "x_student": VIEWS[student_view](rng, x)}
         if self.cfg.joint:
             xs, ys = self.source.sample(rng, self.cfg.batch_size)
             xs, ys = flip_rotate(rng, xs, ys)
@@ -127,43 +153,59 @@ class SelfTrainingStrategy:
     def step(self, batch):
         labeler = self.teacher if self.teacher is not None else self.model
         y, w, c = pseudo_labels(labeler, batch["x_teacher"], self.cfg.pseudo)
-        if self.cfg.distribution_alignment:
+        if self.cfg.aligned:
             y = self._align(y)
-        loss, logs = supervised_loss(self.model, batch["x_student"], y, w, reconstruction=self.cfg.reconstruction)
-        logs = {"target_loss": float(loss.detach()), "kept": float((w > 0).float().mean()), "consensus": float(c.mean())}
+        loss, terms = supervised_loss(self.model, batch["x_student"], y, w, reconstruction=self.cfg.reconstruction)
+        logs = {"target_loss": float(loss.detach()), **{f"target_{k}": v for k, v in terms.items()},
+                "kept": float((w > 0).float().mean()), "consensus": float(c.mean()),
+                "pseudo_foreground": float((y >= 0.5).float().mean())}
         if self.cfg.joint:
-            src_loss, _ = supervised_loss(self.model, batch["x_source"], batch["y_source"], reconstruction=self.cfg.reconstruction)
+            src_loss, src_terms = supervised_loss(self.model, batch["x_source"], batch["y_source"],
+                                                  reconstruction=self.cfg.reconstruction)
             loss = (src_loss + loss) / 2
-            logs["source_loss"] = float(src_loss.detach())
+            logs.update(source_loss=float(src_loss.detach()), **{f"source_{k}": v for k, v in src_terms.items()})
         return loss, logs
 
     def _align(self, y: torch.Tensor) -> torch.Tensor:
-        frac = float(y.mean())
+        frac = float((y >= 0.5).float().mean())  # hard counts, as the reference
+        if self.source_fraction is None:  # the starting model's own fraction on the target
+            self.source_fraction = frac
         self.target_fraction = frac if self.target_fraction is None else 0.99 * self.target_fraction + 0.01 * frac
         return align_distribution(y, source_fraction=self.source_fraction, target_fraction=self.target_fraction)
 
     def on_step_end(self, iteration: int) -> None:
+        self._iteration = iteration
         if self.teacher is None:
             return
         momentum = min(1 - 1 / (iteration + 1), self.cfg.ema) if self.cfg.joint else self.cfg.ema
         ema_update(self.teacher, self.model, momentum)
 
     def validate(self) -> dict[str, float]:
-        """1 - dice(student mean prediction, teacher pseudo-label) on held-out target patches."""
+        """Label-free health of the deployed model on held-out target patches (true dice if labels are given).
+
+        val_metric (scheduler) = 1 - dice(student mean, deployed mean). best.pt is chosen by `select_on`:
+        "last" = the latest healthy checkpoint, "pseudo" = that agreement, "labels" = true dice.
+        """
         x = self.val["x"]
-        labeler = self.deployed
-        pseudo = np.concatenate([
-            pseudo_labels(labeler, torch.from_numpy(x[i : i + 4]).to(self.device), self.cfg.pseudo)[0].cpu().numpy()
-            for i in range(0, len(x), 4)])
+        now = snapshot(self.deployed, x, k=self.cfg.val_samples, device=self.device,
+                       upper=self.cfg.upper, lower=self.cfg.lower)
         student = mean_prediction(self.model, x, k=self.cfg.val_samples, device=self.device)
-        agreement = dice_scores(student, pseudo)["dice_soft"]
-        out = {"val_metric": 1 - agreement, "val_agreement": agreement}
+        agreement = dice_scores(student, now.prob)["dice_soft"]
+        out = {"val_metric": 1 - agreement, "val_agreement": agreement,
+               **{f"val_{k}": v for k, v in now.stats().items()}}
+        if self.source_health is not None:
+            out["val_foreground_ratio"] = now.foreground / max(self.source_health.foreground, 1e-6)
+            word, reason = verdict(self.source_health, now, self.bounds)
+            out.update(verdict=word, verdict_reason=reason)
+            stop = collapse(self.source_health, now, self.bounds)
+            if stop:
+                out["stop"] = stop
+        self.last_health = now
         if self.val.get("y") is not None:
-            deployed = mean_prediction(labeler, x, k=self.cfg.val_samples, device=self.device)
-            true = dice_scores(deployed, self.val["y"])
+            true = dice_scores(now.prob, self.val["y"])
             out.update(val_dice=true["dice_soft"], val_dice_hard=true["dice_hard"])
-            if self.cfg.select_on == "labels":
-                out["val_metric"] = 1 - true["dice_soft"]
+        out["select_metric"] = {"last": -self._iteration, "pseudo": out["val_metric"],
+                                "labels": 1 - out.get("val_dice", 0.0)}[self.cfg.select_on]
         return out
 
     def checkpoint_extra(self) -> dict:
@@ -177,3 +219,5 @@ class SelfTrainingStrategy:
             self.teacher.load_state_dict(ckpt["teacher_state_dict"])
         state = ckpt.get("adapt_state", {})
         self.target_fraction = state.get("target_fraction")
+        if state.get("source_fraction") is not None:
+            self.source_fraction = state["source_fraction"]

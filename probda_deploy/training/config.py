@@ -28,6 +28,8 @@ class TrainConfig:
     val_every: int = 100
     val_samples: int = 8
     min_foreground: float = 0.0
+    # "image": patches standardised with their image's statistics, as prediction does; "patch": reference code
+    normalization: str = "image"
     seed: int = 0
 
 

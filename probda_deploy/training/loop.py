@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TrainingStopped
 from ..models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ class Strategy(Protocol):
     def sample_batch(self, rng: np.random.Generator) -> dict[str, np.ndarray]: ...
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
     def on_step_end(self, iteration: int) -> None: ...
-    def validate(self) -> dict[str, float]: ...  # must contain "val_metric" (lower is better)
+    # must contain "val_metric" (lower is better; drives the scheduler); optional "select_metric" picks
+    # best.pt instead (lower is better), optional "stop" (a reason) ends the run without saving it
+    def validate(self) -> dict[str, float]: ...
     def checkpoint_extra(self) -> dict: ...
     def load_extra(self, ckpt: dict) -> None: ...
 
@@ -155,8 +157,15 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
             _seed_step(cfg.seed + 7919, done)
             last_metrics = _validate(strategy, optim, logs_acc, done)
             logs_acc = {}
-            improved = last_metrics["val_metric"] < best
-            best = min(best, last_metrics["val_metric"])
+            if "stop" in last_metrics:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({**last_metrics, "best": False}) + "\n")
+                kept = f"kept the last healthy checkpoints {latest} and {best_path}" if latest.exists() else \
+                    "no checkpoint was healthy yet; keep using the source model"
+                raise TrainingStopped(f"{run_dir}: stopped at iteration {done}: {last_metrics['stop']}; {kept}")
+            selected = last_metrics.get("select_metric", last_metrics["val_metric"])
+            improved = selected < best
+            best = min(best, selected)
             ckpt = _checkpoint(strategy, optim, done, best, last_metrics, extra, cfg.seed)
             # latest.pt last: it is the commit point a resume starts from, so a kill between
             # these writes only repeats work (resume drops metrics lines past latest.pt)

@@ -37,7 +37,12 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return (w * per_px).sum() / w.sum().clamp_min(1e-6)
 
 
-RECONSTRUCTION = {"dice": dice_loss, "bce": bce_loss}
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of the weighted dice and BCE losses."""
+    return dice_loss(logits, target, weight) + bce_loss(logits, target, weight)
+
+
+RECONSTRUCTION = {"dice": dice_loss, "bce": bce_loss, "dice+bce": dice_bce_loss}
 
 
 def l2_norms(*modules: torch.nn.Module) -> torch.Tensor:

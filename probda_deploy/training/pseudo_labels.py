@@ -55,8 +55,16 @@ def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, cfg: PseudoLabelCon
 
 
 def align_distribution(y: torch.Tensor, *, source_fraction: float, target_fraction: float) -> torch.Tensor:
-    """Distribution alignment: scale soft foreground so its mean moves from target to source fraction."""
-    return (y * (source_fraction / max(target_fraction, 1e-6))).clamp(0.0, 1.0)
+    """Distribution alignment (FixMatch/AdaMatch): per-class ratios of class frequencies, renormalised.
+
+    p_fg' = p * (s / t), p_bg' = (1 - p) * ((1 - s) / (1 - t)), y' = p_fg' / (p_fg' + p_bg'), with s and t
+    the source and target foreground fractions (hard counts). y' stays a probability; t == s leaves y unchanged.
+    """
+    t = min(max(target_fraction, 1e-6), 1 - 1e-6)
+    s = min(max(source_fraction, 1e-6), 1 - 1e-6)
+    fg = y * (s / t)
+    bg = (1 - y) * ((1 - s) / (1 - t))
+    return fg / (fg + bg).clamp_min(1e-12)
 
 
 @torch.no_grad()

@@ -20,7 +20,8 @@ from ..models.registry import build_model
 from .config import TrainConfig
 from .loop import FitResult, LoopConfig, fit
 from .losses import supervised_loss
-from .validation import dice_scores, mean_prediction
+from .health import snapshot
+from .validation import dice_scores
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,10 @@ class SupervisedStrategy:
         pass
 
     def validate(self):
-        prob = mean_prediction(self.model, self.val[0], k=self.val_samples, device=self.device)
-        scores = dice_scores(prob, self.val[1])
-        return {"val_metric": 1 - scores["dice_soft"], "val_dice": scores["dice_soft"], "val_dice_hard": scores["dice_hard"]}
+        snap = snapshot(self.model, self.val[0], k=self.val_samples, device=self.device)
+        scores = dice_scores(snap.prob, self.val[1])
+        return {"val_metric": 1 - scores["dice_soft"], "val_dice": scores["dice_soft"], "val_dice_hard": scores["dice_hard"],
+                "val_diversity": snap.diversity}
 
     def checkpoint_extra(self):
         return {}
@@ -97,8 +99,9 @@ def train_source(images: Path, labels: Path | None, *, run_dir: Path, config: Tr
         model = build_model(cfg.model, **(model_options or {}))
     train, val = prepare_source_data(images, labels, cfg, model.config.size_multiple)
     log.info("source training: %d train / %d val images", len(train), len(val))
-    sampler = PatchSampler(train, cfg.patch_size, min_foreground=cfg.min_foreground)
-    strategy = SupervisedStrategy(model, sampler, grid_patches(val, cfg.patch_size), batch_size=cfg.batch_size,
+    sampler = PatchSampler(train, cfg.patch_size, min_foreground=cfg.min_foreground, normalization=cfg.normalization)
+    val_patches = grid_patches(val, cfg.patch_size, normalization=cfg.normalization)
+    strategy = SupervisedStrategy(model, sampler, val_patches, batch_size=cfg.batch_size,
                                   augment=cfg.augment, reconstruction=cfg.reconstruction, val_samples=cfg.val_samples)
     loop = LoopConfig(iterations=cfg.iterations, lr=cfg.lr, val_every=cfg.val_every, seed=cfg.seed)
     extra = {"train_config": asdict(cfg),

@@ -27,5 +27,19 @@ def test_min_foreground_sampler_rejects_empty_patches(rng):
     data = ImageSet([img], [lab], ["a"])
     _, y = PatchSampler(data, 16, min_foreground=0.5, max_tries=200).sample(rng, 8)
     assert (y.mean(axis=(1, 2, 3)) >= 0.5).all()
-    x, _ = PatchSampler(data, 16).sample(rng, 8)
-    assert np.allclose(x.mean(axis=(1, 2, 3)), 0, atol=1e-4)  # per-patch standardisation
+    x, _ = PatchSampler(data, 16, normalization="patch").sample(rng, 8)
+    assert np.allclose(x.mean(axis=(1, 2, 3)), 0, atol=1e-4)  # per-patch standardisation (reference)
+
+
+def test_patches_use_whole_image_statistics_like_prediction(rng):
+    from probda_deploy.data.normalize import standardize
+
+    ramp = np.linspace(0, 10, 64, dtype=np.float32)[None].repeat(64, 0) + rng.normal(size=(64, 64)).astype(np.float32)
+    data = ImageSet([ramp], None, ["a"])
+    whole = standardize(ramp)  # what prediction feeds the network
+    x, _ = PatchSampler(data, 16).sample(np.random.default_rng(3), 4)
+    r = np.random.default_rng(3)  # replay the sampler's draws: image index, y, x per patch
+    for patch in x[:, 0]:
+        r.choice(1, p=[1.0])
+        y0, x0 = int(r.integers(64 - 16 + 1)), int(r.integers(64 - 16 + 1))
+        np.testing.assert_allclose(patch, whole[y0 : y0 + 16, x0 : x0 + 16], atol=1e-5)

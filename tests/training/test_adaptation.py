@@ -26,9 +26,13 @@ def test_ema_update_arithmetic(tiny_punet):
 
 
 def test_distribution_alignment_arithmetic():
-    y = torch.tensor([0.2, 0.4, 0.9])
-    out = align_distribution(y, source_fraction=0.3, target_fraction=0.15)
-    torch.testing.assert_close(out, torch.tensor([0.4, 0.8, 1.0]))
+    # source 50% foreground, target 25%: foreground x 0.5/0.25 = 2, background x 0.5/0.75 = 2/3, renormalised
+    y = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    out = align_distribution(y, source_fraction=0.5, target_fraction=0.25)
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.5, 0.75, 1.0]))
+    # equal fractions change nothing; the result stays a probability
+    torch.testing.assert_close(align_distribution(y, source_fraction=0.3, target_fraction=0.3), y)
+    assert align_distribution(torch.rand(100), source_fraction=0.9, target_fraction=0.01).max() <= 1
 
 
 def test_pseudo_labels_are_sample_mean_and_masking_weights(tiny_punet):

@@ -1,0 +1,157 @@
+"""Label-free health of an adaptation run: snapshots of the deployed model on held-out target patches.
+
+A user adapting to unlabeled images cannot measure dice. What can be measured
+without labels, and what each tells:
+- foreground fraction versus the source model's: a run that drives it to ~0 or
+  far above the source model's has collapsed or is drifting (stop the run);
+- mean consensus and sample diversity: how sure the model is, and whether its
+  PUNet samples still disagree anywhere;
+- where the prediction changed: self-training that works resolves pixels the
+  source model was unsure of (consensus < 1); changes of pixels the source model
+  was sure of are drift (the model re-learning its own bias).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.io import atomic_path
+from ..models.consensus import consensus_response
+from ..models.predict import sample_probabilities
+
+
+@dataclass(frozen=True)
+class HealthBounds:
+    """Stop the run when the target foreground fraction leaves [low, high] x the source model's."""
+
+    low: float = 0.25
+    high: float = 3.0
+    # share of changed pixels below which the adapted model counts as unchanged
+    unchanged: float = 0.002
+    # share of changes on pixels the source model was sure of above which the run counts as drifting
+    drift: float = 0.5
+
+
+@dataclass
+class Snapshot:
+    """Label-free statistics of a model on held-out target patches."""
+
+    foreground: float
+    consensus: float
+    diversity: float
+    prob: np.ndarray  # (N, 1, H, W) float32 mean prediction
+    mask: np.ndarray  # (N, 1, H, W) bool, mean prediction >= 0.5
+    certain: np.ndarray  # (N, 1, H, W) bool, consensus == 1
+
+    def stats(self) -> dict[str, float]:
+        return {"foreground": self.foreground, "consensus": self.consensus, "diversity": self.diversity}
+
+
+def sample_diversity(samples: torch.Tensor) -> float:
+    """1 - mean pairwise dice of the hard sample masks (K, B, ...); 0 when all samples agree."""
+    k = samples.shape[0]
+    if k < 2:
+        return 0.0
+    hard = (samples >= 0.5).flatten(1).float()
+    inter = hard @ hard.T
+    sizes = hard.sum(1)
+    denom = sizes[:, None] + sizes[None, :]
+    dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(inter))
+    off = ~torch.eye(k, dtype=torch.bool)
+    return float(1 - dice[off].mean())
+
+
+@torch.no_grad()
+def snapshot(model: torch.nn.Module, x: np.ndarray, *, k: int = 8, batch_size: int = 4,
+             device: torch.device | str = "cpu", upper: float = 0.9, lower: float = 0.1) -> Snapshot:
+    """Statistics of `model` on (N, 1, H, W) standardised patches with K prior samples."""
+    probs, certain, div, cons = [], [], [], []
+    for i in range(0, len(x), batch_size):
+        s = sample_probabilities(model, torch.from_numpy(x[i : i + batch_size]).to(device), k=k).float()
+        mean = s.mean(0)
+        c = consensus_response(s, rule="agree", upper=upper, lower=lower, mean=mean)
+        probs.append(mean.cpu().numpy())
+        certain.append((c >= 1).cpu().numpy())
+        cons.append(float(c.mean()))
+        div.append(sample_diversity(s))
+    prob = np.concatenate(probs)
+    mask = prob >= 0.5
+    return Snapshot(float(mask.mean()), float(np.mean(cons)), float(np.mean(div)), prob, mask, np.concatenate(certain))
+
+
+def collapse(source: Snapshot, now: Snapshot, bounds: HealthBounds = HealthBounds()) -> str | None:
+    """Why the run has collapsed or drifted too far (None if its foreground fraction is within bounds)."""
+    if source.foreground < 1e-3:
+        return None  # nothing to compare against
+    ratio = now.foreground / source.foreground
+    if ratio < bounds.low:
+        return (f"target foreground fell to {now.foreground:.4f} ({ratio:.2f}x the source model's "
+                f"{source.foreground:.4f}); the run collapsed towards background")
+    if ratio > bounds.high:
+        return (f"target foreground grew to {now.foreground:.4f} ({ratio:.2f}x the source model's "
+                f"{source.foreground:.4f}); the run is drifting towards foreground")
+    return None
+
+
+def verdict(source: Snapshot, now: Snapshot, bounds: HealthBounds = HealthBounds()) -> tuple[str, str]:
+    """("improved" | "unchanged" | "drifting", one-sentence reason) from label-free statistics."""
+    reason = collapse(source, now, bounds)
+    if reason:
+        return "drifting", reason
+    changed = source.mask != now.mask
+    share = float(changed.mean())
+    if share < bounds.unchanged:
+        return "unchanged", f"only {100 * share:.2f}% of held-out target pixels changed class"
+    on_sure = float((changed & source.certain).sum() / max(changed.sum(), 1))
+    if on_sure > bounds.drift:
+        return "drifting", (f"{100 * on_sure:.0f}% of the {100 * share:.1f}% pixels that changed class were pixels "
+                            "the source model was sure of: the model re-learns its own bias")
+    return "improved", (f"{100 * share:.1f}% of held-out target pixels changed class, {100 * (1 - on_sure):.0f}% of them "
+                        f"where the source model was unsure; consensus {source.consensus:.3f} -> {now.consensus:.3f}")
+
+
+HEALTH_FILE = "health.json"
+
+
+def health_summary(metrics: list[dict], source: Snapshot, *, stopped: str | None = None) -> dict:
+    """The run's label-free summary from its metrics.jsonl lines: source vs last validation, history, verdict."""
+    keys = ("iteration", "val_foreground", "val_foreground_ratio", "val_consensus", "val_diversity", "val_agreement",
+            "verdict", "val_dice")
+    history = [{k: m[k] for k in keys if k in m} for m in metrics]
+    last = metrics[-1] if metrics else {}
+    if stopped:
+        word, reason = "collapsed", stopped
+    else:
+        word, reason = last.get("verdict", "unchanged"), last.get("verdict_reason", "no validation ran")
+    return {
+        "verdict": word,
+        "reason": reason,
+        "sentence": f"{_SENTENCE[word]}: {reason}.",
+        "source": source.stats(),
+        "adapted": {k[4:]: last[k] for k in ("val_foreground", "val_consensus", "val_diversity") if k in last},
+        "teacher_student_agreement": last.get("val_agreement"),
+        "history": history,
+    }
+
+
+_SENTENCE = {
+    "improved": "Adaptation changed the model where the source model was unsure",
+    "unchanged": "Adaptation left the model essentially unchanged",
+    "drifting": "Adaptation is drifting; prefer the source model or a shorter run",
+    "collapsed": "Adaptation collapsed and was stopped",
+}
+
+
+def write_health(run_dir: Path, source: Snapshot, *, stopped: str | None = None) -> dict:
+    """Write run_dir/health.json from run_dir/metrics.jsonl; returns the summary."""
+    run_dir = Path(run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    summary = health_summary([json.loads(ln) for ln in lines if ln.strip()], source, stopped=stopped)
+    with atomic_path(run_dir / HEALTH_FILE) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary
