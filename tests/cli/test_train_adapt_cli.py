@@ -55,5 +55,12 @@ def test_adapt_cli_writes_teacher_checkpoint_with_provenance(tiny_checkpoint, ta
     assert ckpt["provenance"]["source_sha256"] and "val_dice" in ckpt["metrics"]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [1, 2]
+    # every loss term is logged, and the run ends with its label-free health summary
+    assert {"train_target_rec", "train_target_kl", "val_diversity", "val_foreground", "verdict"} <= set(lines[-1])
+    health = json.loads((run / "health.json").read_text())
+    assert health["verdict"] in ("improved", "unchanged", "drifting") and f"verdict: {health['verdict']}" in res.output
+    assert "sample diversity" in res.output
+    bad = runner.invoke(app, ["adapt", str(tiny_checkpoint), "-t", str(images), "--teacher-view", "blurry"])
+    assert bad.exit_code != 0 and "blurry" in bad.output
     bad = runner.invoke(app, ["adapt", str(tiny_checkpoint), "-t", str(images), "--select-on", "labels"])
     assert bad.exit_code == 1 and "--select-on labels needs --target-labels" in bad.output
