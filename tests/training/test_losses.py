@@ -58,3 +58,17 @@ def test_elbo_has_kl_and_reconstruction(tiny_punet):
     assert loss.item() >= logs["rec"] + tiny_punet.config.beta * logs["kl"]
     loss.backward()
     assert tiny_punet.posterior.conv_layer.weight.grad is not None  # posterior trained through KL + rec
+
+
+def test_dice_plus_bce_is_the_sum_and_respects_weights():
+    from probda_deploy.training.losses import RECONSTRUCTION, bce_loss, dice_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(2, 1, 8, 8, generator=g), (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    weight = (torch.rand(2, 1, 8, 8, generator=g) > 0.3).float()
+    both = RECONSTRUCTION["dice+bce"](logits, target, weight)
+    torch.testing.assert_close(both, dice_loss(logits, target, weight) + bce_loss(logits, target, weight))
+    # a pixel with weight 0 changes nothing
+    flipped = logits.clone()
+    flipped[weight == 0] = -flipped[weight == 0]
+    torch.testing.assert_close(RECONSTRUCTION["dice+bce"](flipped, target, weight), both)
