@@ -94,10 +94,17 @@ def _stats(img: np.ndarray) -> tuple[float, float]:
     return float(img.mean(dtype=np.float64)), float(img.std(dtype=np.float64))
 
 
-def standardize_crop(data: ImageSet, i: int, y: int, x: int, size: int, scope: str, stats: list | None) -> np.ndarray:
-    """Crop of image i standardised with the whole image's statistics ("image") or its own ("patch")."""
+def _image_stats(data: ImageSet, normalization: str) -> list[tuple[float, float]] | None:
+    """Per-image (mean, std) for the "image" rule; None for "patch"."""
+    if normalization not in NORMALIZATION_SCOPES:
+        raise ConfigError(f"unknown normalization '{normalization}'; choose one of {', '.join(NORMALIZATION_SCOPES)}")
+    return [_stats(im) for im in data.images] if normalization == "image" else None
+
+
+def standardize_crop(data: ImageSet, i: int, y: int, x: int, size: int, stats: list | None) -> np.ndarray:
+    """Crop of image i standardised with its image's (mean, std) from `stats`, or its own if stats is None."""
     crop = _crop(data.images[i], y, x, size)
-    if scope == "patch" or stats is None:
+    if stats is None:
         return standardize(crop)
     mean, std = stats[i]
     return standardize(crop, mean=mean, std=std)
@@ -119,12 +126,9 @@ class PatchSampler:
                  normalization: str = "image"):
         if len(data) == 0:
             raise ConfigError("no images to sample patches from")
-        if normalization not in NORMALIZATION_SCOPES:
-            raise ConfigError(f"unknown normalization '{normalization}'; choose one of {', '.join(NORMALIZATION_SCOPES)}")
         self.data, self.size = data, patch_size
         self.min_fg, self.max_tries = min_foreground, max_tries
-        self.scope = normalization
-        self.stats = [_stats(im) for im in data.images] if normalization == "image" else None
+        self.stats = _image_stats(data, normalization)
         areas = np.array([im.size for im in data.images], dtype=np.float64)
         self.p = areas / areas.sum()
 
@@ -137,7 +141,7 @@ class PatchSampler:
             lab = None if self.data.labels is None else _crop(self.data.labels[i], y, x, self.size)
             if lab is None or self.min_fg <= 0 or lab.mean() >= self.min_fg:
                 break
-        return standardize_crop(self.data, i, y, x, self.size, self.scope, self.stats), lab
+        return standardize_crop(self.data, i, y, x, self.size, self.stats), lab
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(x, y): (B, 1, P, P) float32 each; y is None for unlabeled data."""
@@ -151,12 +155,12 @@ def grid_patches(data: ImageSet, patch_size: int, *, max_patches: int = 64,
                  normalization: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
     """Deterministic non-overlapping patches covering the images (for validation)."""
     xs, ys = [], []
-    stats = [_stats(im) for im in data.images] if normalization == "image" else None
+    stats = _image_stats(data, normalization)
     for i, img in enumerate(data.images):
         h, w = img.shape
         for y0 in range(0, max(1, h - patch_size + 1), patch_size):
             for x0 in range(0, max(1, w - patch_size + 1), patch_size):
-                xs.append(standardize_crop(data, i, y0, x0, patch_size, normalization, stats))
+                xs.append(standardize_crop(data, i, y0, x0, patch_size, stats))
                 if data.labels is not None:
                     ys.append(_crop(data.labels[i], y0, x0, patch_size))
     idx = np.linspace(0, len(xs) - 1, num=min(max_patches, len(xs))).round().astype(int)

@@ -122,7 +122,6 @@ class SelfTrainingStrategy:
         self.target_fraction: float | None = None  # running mean of pseudo-label foreground (alignment)
         self.device = torch.device("cpu")
         self.source_health, self.bounds = source_health, bounds
-        self.last_health: Snapshot | None = None
         self._iteration = 0
 
     @property
@@ -200,7 +199,6 @@ class SelfTrainingStrategy:
             stop = collapse(self.source_health, now, self.bounds)
             if stop:
                 out["stop"] = stop
-        self.last_health = now
         if self.val.get("y") is not None:
             true = dice_scores(now.prob, self.val["y"])
             out.update(val_dice=true["dice_soft"], val_dice_hard=true["dice_hard"])
