@@ -58,10 +58,10 @@ def write_zarr(path: Path, size: int, chunk: int = 1024) -> Path:
 
 def child_big(export: str, src: str, out: str, samples: int) -> None:
     """Runs in the child process: the OME-Zarr run only; prints JSON timing."""
-    from probda_deploy.runtime.scale import segment_scaled
+    from probda_deploy.runtime import segment
 
     t = time.perf_counter()
-    report = segment_scaled(export, src, out, fmt="ome-zarr", samples=samples, tile=1024, device="cpu", overwrite=True)
+    report = segment(export, src, out, fmt="ome-zarr", samples=samples, tile=1024, device="cpu", overwrite=True)
     seconds = time.perf_counter() - t
     assert report.done == 1, report.failed
     print(json.dumps({"seconds": seconds}))
@@ -98,7 +98,7 @@ def bench_workers(export: Path, root: Path, files: int, size: int, samples: int)
     import tifffile
     from distributed import LocalCluster
 
-    from probda_deploy.runtime.scale import segment_scaled
+    from probda_deploy.runtime import segment
 
     folder = root / "folder"
     folder.mkdir(exist_ok=True)
@@ -108,8 +108,8 @@ def bench_workers(export: Path, root: Path, files: int, size: int, samples: int)
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
             kw = dict(samples=samples, device="cpu", threads=1, scheduler=cluster.scheduler_address, overwrite=True)
-            segment_scaled(export, sorted(folder.iterdir())[: 2 * workers], root / f"warm{workers}", **kw)
-            seconds = _timed(lambda: segment_scaled(export, folder, root / f"w{workers}", **kw))
+            segment(export, sorted(folder.iterdir())[: 2 * workers], root / f"warm{workers}", **kw)
+            seconds = _timed(lambda: segment(export, folder, root / f"w{workers}", **kw))
         out[workers] = {"seconds": seconds, "images_per_s": files / seconds}
     return out
 

@@ -55,7 +55,7 @@ def run_demo(out_dir: Path, *, seed: int = 0, device: str = "cpu",
     from .exporters.onnx import export_onnx
     from .model_zoo.package import export_bioimageio
     from .report.html import write_report
-    from .runtime.segment import segment_files
+    from .runtime.batch import segment
     from .training.adapt import adapt
     from .training.source import train_source
 
@@ -94,7 +94,7 @@ def run_demo(out_dir: Path, *, seed: int = 0, device: str = "cpu",
     res.artifacts.append(("ONNX export", export_dir))
 
     with timer("segment"):
-        seg = segment_files(export_dir, test_img, out / "segmentation", seed=seed, overwrite=True, device=device)
+        seg = segment(export_dir, test_img, out / "segmentation", seed=seed, overwrite=True, device=device)
     res.provider = f"{', '.join(seg.providers)} {seg.provider_note}".strip()
     res.rows.append(("segmented with onnxruntime", f"{seg.done} images, {seg.images_per_second:.2f} images/s"))
     res.artifacts.append(("segmentations (mask, prob, consensus, std)", out / "segmentation"))

@@ -15,7 +15,6 @@ import typer
 from .common import Device, err, handle_errors, make_progress, out, setup_logging
 
 
-
 class OutFormat(str, Enum):
     auto = "auto"
     tif = "tif"
@@ -49,10 +48,8 @@ def segment(
 ) -> None:
     """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif)."""
     setup_logging(quiet)
-    from ..runtime.scale import segment_scaled
-    from ..runtime.segment import parse_outputs
-
     from ..errors import ConfigError
+    from ..runtime.batch import parse_outputs, segment as run_segment
 
     parse_outputs(outputs)
     inputs = [*(inputs or []), *(more or [])]
@@ -60,11 +57,11 @@ def segment(
         raise ConfigError("no inputs; give image files, folders or globs with -i (or after MODEL)")
     if output is None:
         raise ConfigError("no output folder; give one with -o OUT_DIR")
-    folder, note = _resolve_model(model, quiet=quiet)
+    folder, note = _export_folder(model, quiet=quiet)
     tile_arg = "auto" if tile is None else (None if tile == 0 else tile)
     with make_progress(quiet) as progress:
         files = progress.add_task("segment", total=None, info="")
-        tiles, blocks = _SubProgress(progress, "  tiles"), _SubProgress(progress, "  blocks")
+        blocks = _SubProgress(progress, "  tiles")
 
         def on_start(total: int) -> None:
             progress.update(files, total=total)
@@ -74,22 +71,17 @@ def segment(
                 err.print(f"[bold red]error:[/] {result.error}", markup=True, highlight=False, soft_wrap=True)
             if progress.tasks[files].total is not None:
                 progress.update(files, advance=1, info=Path(result.path).name)
-            tiles.hide()
             blocks.hide()
 
-        report = segment_scaled(
+        report = run_segment(
             folder, inputs, output, samples=samples, tile=tile_arg, halo=halo, device=device.value, threads=threads,
             outputs=outputs, threshold=threshold, seed=seed, resume=resume, overwrite=overwrite, normalize=normalize,
-            fmt=fmt.value, workers=workers, scheduler=scheduler, on_start=on_start, on_file=on_file, on_block=blocks,
-            on_tile=tiles,
+            fmt=fmt.value, workers=workers, scheduler=scheduler, preview=preview, on_start=on_start, on_file=on_file,
+            on_progress=blocks,
         )
-    previews = []
-    if preview:
-        from ..runtime.preview import write_previews
-
-        previews = write_previews(report, output)
     _summary(report, note)
     if preview:
+        previews = [r.preview for r in report.results if r.preview is not None]
         out.print(f"previews: {len(previews)} PNG(s) in {Path(output) / 'preview'}")
     if report.failed:
         raise typer.Exit(code=1)
@@ -112,26 +104,22 @@ class _SubProgress:
             self.task = None
 
 
-def _resolve_model(model: Path, *, quiet: bool) -> tuple[Path, str]:
+def _export_folder(model: Path, *, quiet: bool) -> tuple[Path, str]:
     """Export folder for MODEL; checkpoints go through the export cache (needs torch)."""
+    if model.suffix != ".pt" and not model.is_file():
+        return model, ""  # an export folder (the runtime names a missing or invalid one)
     from ..errors import RuntimeModelError
 
-    if model.suffix == ".pt" or model.is_file():
-        if not model.is_file():
-            raise RuntimeModelError(f"{model}: no such checkpoint file")
-        try:
-            from ..exporters.cache import cached_export
-        except ImportError as e:
-            raise RuntimeModelError(
-                f"{model}: running a checkpoint needs PyTorch ({e}); export it where torch is installed "
-                f"(`probda export {model} --format onnx`) and segment with the NAME.probda folder"
-            ) from None
-        if not quiet:
-            err.print(f"[dim]preparing ONNX export of {model} (cached by its sha256)...[/]")
-        folder, reused = cached_export(model)
-        how = "reused cached export" if reused else "exported on the fly to cache"
-        return folder, f"checkpoint {model}: {how} {folder}"
-    return model, ""
+    try:
+        from ..exporters.cache import export_for_runtime
+    except ImportError as e:
+        raise RuntimeModelError(
+            f"{model}: running a checkpoint needs PyTorch ({e}); export it where torch is installed "
+            f"(`probda export {model} --format onnx`) and segment with the NAME.probda folder"
+        ) from None
+    if not quiet:
+        err.print(f"[dim]preparing ONNX export of {model} (cached by its sha256)...[/]")
+    return export_for_runtime(model)
 
 
 def _summary(report, note: str) -> None:
@@ -145,19 +133,18 @@ def _summary(report, note: str) -> None:
         table.add_row("source", note)
     table.add_row("files", f"{report.done} segmented, {report.skipped} skipped (resume), {len(report.failed)} failed")
     table.add_row("outputs", str(report.out_dir))
-    formats = getattr(report, "formats", {})
-    if formats:
-        counts = {f: sum(v == f for v in formats.values()) for f in ("tif", "ome-zarr")}
-        from ..runtime.scale import ZARR_AUTO_PIXELS
+    if report.formats:
+        counts = {f: sum(v == f for v in report.formats.values()) for f in ("tif", "ome-zarr")}
+        from ..runtime.batch import ZARR_AUTO_PIXELS
 
         rule = f"auto: OME-Zarr for .zarr inputs and images above {ZARR_AUTO_PIXELS / 1e6:.1f} Mpx"
-        auto = getattr(report, "requested_format", "auto") == "auto"
+        auto = report.requested_format == "auto"
         table.add_row("format", ", ".join(f"{n} {f}" for f, n in counts.items() if n) + (f" ({rule})" if auto else ""))
-    for path, (written, total) in getattr(report, "blocks", {}).items():
+    for path, (written, total) in report.blocks.items():
         table.add_row("blocks", f"{Path(path).name}: {written} of {total} blocks written" + (" (resumed)" if written < total else ""))
     if report.tiling_note:
         table.add_row("tiling", report.tiling_note)
-    table.add_row("engine", getattr(report, "engine", "single process"))
+    table.add_row("engine", report.engine)
     table.add_row("device", f"{report.device} -> provider {', '.join(report.providers)}")
     if report.provider_note:
         table.add_row("warning", f"[yellow]{report.provider_note}[/]")

@@ -57,3 +57,18 @@ def cached_export(checkpoint: str | Path, *, cache_root: str | Path | None = Non
             log.warning("%s: cached export is invalid (%s); exporting again", folder, e)
     export_onnx(checkpoint, folder, samples=samples, overwrite=True)
     return folder, False
+
+
+def export_for_runtime(checkpoint: str | Path) -> tuple[Path, str]:
+    """The export folder that runs a checkpoint (exported on the fly, cached), and a sentence saying which.
+
+    Raises:
+        RuntimeModelError: no such checkpoint file.
+        CheckpointError, ExportError: as export_onnx.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise RuntimeModelError(f"{checkpoint}: no such checkpoint file")
+    folder, reused = cached_export(checkpoint)
+    how = "reused cached export" if reused else "exported on the fly to cache"
+    return folder, f"checkpoint {checkpoint}: {how} {folder}"

@@ -310,11 +310,11 @@ def _compare(sampler, model: nn.Module, folder: Path, tol: float) -> None:
     x = rng.standard_normal((1, max(3 * s, side + s) + 1, max(2 * s, side) + 3)).astype(np.float32)
     if isinstance(model, PUNet):
         eps = rng.standard_normal((3, 1, model.config.latent_dim)).astype(np.float32)
-        got = sampler.predict_batch(x, eps=eps, normalize="none")["prob"]
+        got = sampler.predict(x[0], eps=eps[:, 0], tile=None, normalize="none")["prob"][None]
         with torch.no_grad():
             ref = torch.sigmoid(model.sample_logits(torch.from_numpy(x)[:, None], eps=torch.from_numpy(eps))).mean(0)[:, 0].numpy()
     else:
-        got = sampler.predict_batch(x, eps=np.zeros((1, 1, 0), np.float32), normalize="none")["prob"]
+        got = sampler.predict(x[0], tile=None, normalize="none")["prob"][None]
         with torch.no_grad():
             ref = torch.sigmoid(model(torch.from_numpy(x)[:, None]))[:, 0].numpy()
     err = float(np.abs(got - ref).max())

@@ -5,12 +5,12 @@ numpy + imageio + scipy only, so previews work where torch is absent.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from ..files import atomic_path
 
 MAX_SIDE = 1024
 
@@ -33,43 +33,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, consensus: np.ndarray | None = 
 
 
 def write_preview(path: str | Path, image: np.ndarray, mask: np.ndarray, consensus: np.ndarray | None = None) -> Path:
-    """Write the overlay PNG atomically. 3D inputs preview their middle slice."""
+    """Write the overlay PNG of a 2D image atomically (the batch layer passes the middle slice of stacks)."""
     import imageio.v3 as iio
 
-    if image.ndim == 3:
-        z = image.shape[0] // 2
-        image, mask = image[z], mask[z]
-        consensus = None if consensus is None else consensus[z]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, overlay(image, mask, consensus), extension=".png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_previews(report, out_dir: str | Path) -> list[Path]:
-    """One `OUT_DIR/preview/NAME.png` per segmented TIFF output of a SegmentReport.
-
-    Inputs are re-read from disk; files without a mask output (or OME-Zarr
-    outputs) get no preview.
-    """
-    import tifffile
-
-    from ..data.io import read_image
-
-    written = []
-    for r in report.results:
-        mask = next((p for p in r.outputs if str(p).endswith("_mask.tif")), None)
-        if r.status not in ("done", "skipped") or mask is None or not Path(mask).exists():
-            continue
-        cons_path = next((p for p in r.outputs if str(p).endswith("_consensus.tif")), None)
-        consensus = tifffile.imread(cons_path) if cons_path and Path(cons_path).exists() else None
-        name = Path(mask).name[: -len("_mask.tif")]
-        written.append(write_preview(Path(out_dir) / "preview" / f"{name}.png", read_image(r.path), tifffile.imread(mask), consensus))
-    return written
+    with atomic_path(path, suffix=".png") as tmp:
+        iio.imwrite(tmp, overlay(np.asarray(image), mask, consensus), extension=".png")
+    return Path(path)

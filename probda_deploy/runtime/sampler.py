@@ -1,15 +1,22 @@
-"""The runtime sampler: K prior samples of an exported PUNet with numpy + onnxruntime.
+"""The runtime sampler: an exported PUNet's graphs behind a small public per-window API.
 
-Per image: the encoder (UNet features) and the prior run once (per tile when
-tiled), z_k = mu + sigma * eps_k is drawn once per image and shared by all its
-tiles, and the decoder (first fcomb conv split algebraically, K cheap passes,
-reductions fused) runs over spatial chunks, so K x H x W never sits in memory.
+Per window (one tile of the exact tiling, or the whole image):
+- `window_input(image, tile, ...)`: the standardised network input (1, 1, h, w);
+- `prior_sum(window, tile)`: the prior trunk summed over the cells the tile owns;
+- `latents_from_sums(sums, count, eps)`: the prior head once per image, z = mu + sigma * eps;
+- `encode(window)` and `decode(features, z)`: UNet features, then K cheap decoder
+  passes (first fcomb conv split algebraically, reductions fused) over row chunks,
+  so K x H x W never sits in memory; `predict_tile` chains them for one tile core.
+The per-image loop over tiles lives in `predict.py` (one engine for in-memory and
+on-disk outputs); `OnnxSampler.predict` is its in-memory form.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,8 +25,10 @@ import numpy as np
 from ..errors import ConfigError, RuntimeModelError
 from .consensus import reduce_samples
 from .manifest import load_manifest
+from .predict import predict_image
+from .sinks import MemorySink
 from .session import ProviderReport, create_session
-from .tiling import Tile, image_stats, padded_shape, plan_tiles, read_window
+from .tiling import Tile, plan_tiles, read_window
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,7 @@ NORMALIZE = ("image", "tile", "none")
 AUTO_TILE_LIMIT = 1536  # images with a side above this are tiled by default
 AUTO_TILE = 1024
 CHUNK_BYTES = 64 << 20  # decoder working set per call (K x C x rows x W float32)
+MAPS = ("prob", "consensus", "std")
 
 
 def latent_eps(seed: int, name: str, k: int, latent_dim: int, slice_index: int = 0) -> np.ndarray:
@@ -53,7 +63,7 @@ def latent_eps(seed: int, name: str, k: int, latent_dim: int, slice_index: int =
 
 
 class OnnxSampler:
-    """Loads an export folder once and predicts mean probability, consensus and std.
+    """Loads an export folder once; public per-window operations and whole-image `predict`.
 
     Args:
         folder: `NAME.probda/` written by `export_onnx`.
@@ -67,6 +77,7 @@ class OnnxSampler:
 
     def __init__(self, folder: str | Path, *, device: str = "auto", threads: int | None = None, verify: bool = True):
         self.folder = Path(folder)
+        self.device, self.threads = getattr(device, "value", device), threads
         self.manifest = load_manifest(self.folder, verify=verify)
         m = self.manifest
         self.kind = m["kind"]
@@ -96,7 +107,23 @@ class OnnxSampler:
         """Execution providers really active (read back from onnxruntime)."""
         return list(self.provider_report.active)
 
-    # ---------------------------------------------------------------- API
+    @property
+    def model_id(self) -> str:
+        """First 16 hex digits of the manifest's sha256 (identifies the export in outputs)."""
+        return hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
+
+    def open(self) -> "OnnxSampler":
+        """This sampler (tasks call `.open()` on a sampler or a SamplerRef alike)."""
+        return self
+
+    def ref(self, threads: int | None = None) -> "SamplerRef":
+        """A picklable reference to this export that other processes open once; registers this sampler for it here."""
+        ref = SamplerRef(str(self.folder), self.device, self.threads if threads is None else threads)
+        if ref.threads == self.threads:
+            _register(ref, self)
+        return ref
+
+    # ------------------------------------------------------ whole images
     def predict(
         self,
         image: np.ndarray,
@@ -110,7 +137,7 @@ class OnnxSampler:
         return_samples: bool = False,
         on_tile: Callable[[int, int], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Predict one 2D image.
+        """Predict one 2D image in memory (the engine of `predict.predict_image` with a MemorySink).
 
         Args:
             image: (H, W) array-like (numpy, memmap, zarr), any real dtype.
@@ -129,41 +156,11 @@ class OnnxSampler:
         """
         if getattr(image, "ndim", 2) != 2:
             raise ConfigError(f"predict takes one 2D image, got shape {tuple(image.shape)}; loop over slices of stacks")
-        if normalize not in NORMALIZE:
-            raise ConfigError(f"normalize={normalize!r}: choose one of {', '.join(NORMALIZE)}")
-        tiles = self.plan(image.shape, tile=tile, halo=halo)
-        prep = self._preprocessor(image, normalize)
-        if self.kind == "unet":
-            return self._predict_unet(image, tiles, prep, on_tile)
-        eps = self._eps(eps, k, seed)
-        z = self._latents(image, tiles, prep, eps, on_tile)
-        return self._decode_tiles(image, tiles, prep, z, return_samples, on_tile)
-
-    def predict_batch(self, images: np.ndarray, *, eps: np.ndarray, normalize: str = "image") -> dict[str, np.ndarray]:
-        """Untiled prediction of a batch of equally sized images in one graph call each.
-
-        Args:
-            images: (B, H, W) float32.
-            eps: (K, B, L) standard normal draws.
-            normalize: "image" (per image) or "none".
-
-        Returns:
-            {"prob", "consensus", "std"}: (B, H, W) float32.
-        """
-        x = np.stack([self._standardize(im, normalize) for im in np.asarray(images, dtype=np.float32)])[:, None]
-        b, _, h, w = x.shape
-        self.plan((h, w), tile=None)  # refuses images below the model's minimum size
-        hp, wp = padded_shape((h, w), self.multiple)
-        xp = np.stack([read_window(im[0], (0, hp, 0, wp), multiple=self.multiple) for im in x])[:, None]
-        if self.kind == "unet":
-            prob = self._sessions["model"].run(["prob"], {"image": xp})[0][:, 0, :h, :w]
-            return self._unet_maps(prob[None])
-        trunk = self._sessions["prior"].run(["prior_features"], {"image": xp})[0]
-        mu, log_sigma = self._head(trunk.mean(axis=(2, 3)))
-        z = (mu[None] + np.exp(log_sigma)[None] * np.asarray(eps, dtype=np.float32)).astype(np.float32)
-        feats = self._sessions["encoder"].run(["features"], {"image": xp})[0][:, :, :h, :w]
-        out = self._sessions["decoder"].run(["prob", "consensus", "std"], {"features": np.ascontiguousarray(feats), "z": z})
-        return {name: arr[:, 0] for name, arr in zip(("prob", "consensus", "std"), out)}
+        self.check_normalize(normalize)
+        eps = self.draw_eps(eps, k, seed) if self.kind == "punet" else None
+        sink = MemorySink(image.shape, samples=len(eps) if return_samples and eps is not None else 0)
+        predict_image(self, image, sink, eps=[eps], tile=tile, halo=halo, normalize=normalize, on_progress=on_tile)
+        return sink.result()
 
     @property
     def tiling_note(self) -> str:
@@ -191,8 +188,7 @@ class OnnxSampler:
                 tile size for a model that only runs on whole images.
         """
         h, w = (int(v) for v in shape[-2:])
-        hp, wp = padded_shape((h, w), self.multiple)
-        if min(hp, wp) < self.min_size:
+        if min(-(-h // self.multiple), -(-w // self.multiple)) * self.multiple < self.min_size:
             raise ConfigError(
                 f"image {h}x{w} is smaller than this model's minimum {self.min_size}x{self.min_size} "
                 f"(its prior encoder's unpadded convolutions need that much context); use larger images"
@@ -205,6 +201,44 @@ class OnnxSampler:
         if len(tiles) > 1 and self.tiling_mode == "approximate":
             log.warning("%s: tiled results only approximate whole-image ones (%s)", self.folder, self.tiling_reason)
         return tiles
+
+    # -------------------------------------------------------- per window
+    @staticmethod
+    def check_normalize(normalize: str) -> None:
+        """Raises ConfigError for a normalisation other than image, tile or none."""
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"normalize={normalize!r}: choose one of {', '.join(NORMALIZE)}")
+
+    def draw_eps(self, eps: np.ndarray | None, k: int | None, seed: int) -> np.ndarray:
+        """(K, L) float32 draws: `eps` checked, or K draws of numpy's generator seeded with `seed`.
+
+        Raises:
+            ConfigError: K < 1 or eps of the wrong shape.
+        """
+        if eps is None:
+            k = self.default_samples if k is None else int(k)
+            if k < 1:
+                raise ConfigError(f"--samples {k}: need at least 1 sample")
+            return np.random.default_rng(seed).standard_normal((k, self.latent_dim)).astype(np.float32)
+        eps = np.asarray(eps, dtype=np.float32)
+        if eps.ndim != 2 or eps.shape[1] != self.latent_dim:
+            raise ConfigError(f"eps shape {eps.shape}: expected (K, {self.latent_dim})")
+        return eps
+
+    def window_input(self, image, tile: Tile, *, normalize: str, stats: tuple[float, float] | None) -> np.ndarray:
+        """The network input of one tile's window: (1, 1, h, w) float32.
+
+        Args:
+            image: (H, W) array-like with numpy slicing.
+            tile: the tile.
+            normalize: "image" (with `stats`, the whole image's mean and std), "tile" or "none".
+            stats: (mean, std) for "image".
+        """
+        x = read_window(image, tile.window, multiple=self.multiple)
+        if normalize != "none" and self.normalization.get("mode") not in (None, "none"):
+            mean, std = stats if normalize == "image" else (float(np.mean(x, dtype=np.float64)), float(np.std(x, dtype=np.float64)))
+            x = ((x - mean) / (std + float(self.normalization.get("eps", 1e-7)))).astype(np.float32)
+        return x[None, None]
 
     def prior_sum(self, window: np.ndarray, tile: Tile) -> tuple[np.ndarray, int]:
         """Prior trunk of one tile's window, summed over the cells its core owns.
@@ -230,103 +264,88 @@ class OnnxSampler:
 
     def latents_from_sums(self, sums: np.ndarray, count: int, eps: np.ndarray) -> np.ndarray:
         """Prior head on the mean trunk cell: z = mu + sigma * eps, (K, 1, L) float32 for eps (K, L)."""
-        mu, log_sigma = self._head(sums / max(count, 1))
+        pooled = (sums / max(count, 1)).astype(np.float32)
+        mu, log_sigma = self._sessions["prior_head"].run(["mu", "log_sigma"], {"pooled": pooled})
         return (mu[None] + np.exp(log_sigma)[None] * eps[:, None, :]).astype(np.float32)
 
-    # ---------------------------------------------------------- internals
-    def _eps(self, eps, k, seed) -> np.ndarray:
-        if eps is None:
-            k = self.default_samples if k is None else int(k)
-            if k < 1:
-                raise ConfigError(f"--samples {k}: need at least 1 sample")
-            return np.random.default_rng(seed).standard_normal((k, self.latent_dim)).astype(np.float32)
-        eps = np.asarray(eps, dtype=np.float32)
-        if eps.ndim != 2 or eps.shape[1] != self.latent_dim:
-            raise ConfigError(f"eps shape {eps.shape}: expected (K, {self.latent_dim})")
-        return eps
+    def encode(self, window: np.ndarray) -> np.ndarray:
+        """UNet features of a window: (1, C, h, w) float32."""
+        return self._sessions["encoder"].run(["features"], {"image": window})[0]
 
-    def _standardize(self, x: np.ndarray, normalize: str, stats: tuple[float, float] | None = None) -> np.ndarray:
-        if normalize == "none" or self.normalization.get("mode") in (None, "none"):
-            return np.asarray(x, dtype=np.float32)
-        mean, std = stats if stats is not None else (float(np.mean(x, dtype=np.float64)), float(np.std(x, dtype=np.float64)))
-        return ((np.asarray(x, dtype=np.float32) - mean) / (std + float(self.normalization.get("eps", 1e-7)))).astype(np.float32)
+    def decode(self, features: np.ndarray, z: np.ndarray, *, samples: bool = False) -> dict[str, np.ndarray]:
+        """Decoder over row chunks of (1, C, h, w) features with latents z (K, 1, L).
 
-    def _preprocessor(self, image, normalize: str) -> Callable[[Tile], np.ndarray]:
-        """Function tile -> (1, 1, h, w) float32 network input of its window."""
-        stats = image_stats(image) if normalize == "image" else None
-        mode = "none" if normalize == "none" else normalize
-
-        def window(t: Tile) -> np.ndarray:
-            raw = read_window(image, t.window, multiple=self.multiple)
-            x = self._standardize(raw, mode, stats) if mode != "tile" else self._standardize(raw, "tile")
-            return x[None, None]
-
-        return window
-
-    def _head(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, log_sigma = self._sessions["prior_head"].run(["mu", "log_sigma"], {"pooled": pooled.astype(np.float32)})
-        return mu, log_sigma
-
-    def _latents(self, image, tiles: list[Tile], prep, eps: np.ndarray, on_tile) -> np.ndarray:
-        """Prior trunk per tile, owned cells summed, head once: z (K, 1, L)."""
-        sums, count = None, 0
-        for i, t in enumerate(tiles):
-            part, n = self.prior_sum(prep(t), t)
-            sums, count = (part if sums is None else sums + part), count + n
-            if on_tile and len(tiles) > 1:
-                on_tile(i + 1, 2 * len(tiles))
-        return self.latents_from_sums(sums, count, eps)
-
-    def _decode_tiles(self, image, tiles, prep, z, return_samples, on_tile) -> dict[str, np.ndarray]:
-        h, w = image.shape
-        names = ["prob", "consensus", "std"] + (["probs"] if return_samples else [])
-        out = {n: np.zeros((h, w), np.float32) for n in names[:3]}
-        if return_samples:
-            out["samples"] = np.zeros((z.shape[0], h, w), np.float32)
-        for i, t in enumerate(tiles):
-            feats = self._sessions["encoder"].run(["features"], {"image": prep(t)})[0]
-            y0, y1, x0, x1 = t.core
-            y1, x1 = min(y1, h), min(x1, w)
-            if y1 > y0 and x1 > x0:
-                wy, wx = t.window[0], t.window[2]
-                core = feats[:, :, y0 - wy : y1 - wy, x0 - wx : x1 - wx]
-                self._decode_chunks(core, z, names, out, (y0, x0))
-            if on_tile and len(tiles) > 1:
-                on_tile(len(tiles) + i + 1, 2 * len(tiles))
-        return out
-
-    def _decode_chunks(self, feats: np.ndarray, z: np.ndarray, names, out, origin) -> None:
-        """Run the decoder over row chunks of (1, C, h, w) features, writing into `out`."""
-        _, c, h, w = feats.shape
+        Returns:
+            {"prob", "consensus", "std"}: (h, w) float32 (+ "samples" (K, h, w) when asked).
+        """
+        _, c, h, w = features.shape
+        names = list(MAPS) + (["probs"] if samples else [])
+        out = {n: np.empty((h, w), np.float32) for n in MAPS}
+        if samples:
+            out["samples"] = np.empty((z.shape[0], h, w), np.float32)
         rows = max(1, CHUNK_BYTES // max(1, 4 * z.shape[0] * c * w))
         for r in range(0, h, rows):
-            chunk = np.ascontiguousarray(feats[:, :, r : r + rows])
+            chunk = np.ascontiguousarray(features[:, :, r : r + rows])
             res = self._sessions["decoder"].run(names, {"features": chunk, "z": z})
-            ys = slice(origin[0] + r, origin[0] + r + chunk.shape[2])
-            xs = slice(origin[1], origin[1] + w)
-            for name, arr in zip(names[:3], res[:3]):
-                out[name][ys, xs] = arr[0, 0]
-            if len(res) > 3:
-                out["samples"][:, ys, xs] = res[3][:, 0, 0]
+            for name, arr in zip(MAPS, res):
+                out[name][r : r + chunk.shape[2]] = arr[0, 0]
+            if samples:
+                out["samples"][:, r : r + chunk.shape[2]] = res[3][:, 0, 0]
+        return out
 
-    def _predict_unet(self, image, tiles, prep, on_tile) -> dict[str, np.ndarray]:
-        h, w = image.shape
-        prob = np.zeros((h, w), np.float32)
-        for i, t in enumerate(tiles):
-            p = self._sessions["model"].run(["prob"], {"image": prep(t)})[0]
-            y0, y1, x0, x1 = t.core
-            y1, x1 = min(y1, h), min(x1, w)
-            if y1 > y0 and x1 > x0:
-                wy, wx = t.window[0], t.window[2]
-                prob[y0:y1, x0:x1] = p[0, 0, y0 - wy : y1 - wy, x0 - wx : x1 - wx]
-            if on_tile and len(tiles) > 1:
-                on_tile(i + 1, len(tiles))
-        return {k: v[0] for k, v in self._unet_maps(prob[None, None]).items()}
+    def predict_tile(self, window: np.ndarray, tile: Tile, z: np.ndarray | None, shape: tuple[int, int], *,
+                     samples: bool = False) -> dict[str, np.ndarray]:
+        """Maps of one tile's core, clipped to the (H, W) image: encoder + decoder, or the UNet graph.
 
-    def _unet_maps(self, probs: np.ndarray) -> dict[str, np.ndarray]:
-        """One deterministic "sample": consensus by the K=1 rule, std 0."""
-        c = self.consensus_cfg
-        return reduce_samples(probs, rule=c["rule"], high=c["threshold_high"], low=c["threshold_low"])
+        Args:
+            window: (1, 1, h, w) from `window_input`.
+            tile: the tile.
+            z: (K, 1, L) latents of the image (None for UNet exports).
+            shape: (H, W) of the image.
+            samples: also return the K sample maps (PUNet only).
+
+        Returns:
+            {"prob", "consensus", "std"} (+ "samples"): arrays of the clipped core.
+        """
+        h, w = shape
+        y0, y1, x0, x1 = tile.core
+        wy, wx = tile.window[0], tile.window[2]
+        core = (slice(None), slice(None), slice(y0 - wy, min(y1, h) - wy), slice(x0 - wx, min(x1, w) - wx))
+        if self.kind == "unet":
+            prob = self._sessions["model"].run(["prob"], {"image": window})[0][core]
+            c = self.consensus_cfg
+            maps = reduce_samples(prob[:, 0], rule=c["rule"], high=c["threshold_high"], low=c["threshold_low"])
+            return {k: v.astype(np.float32, copy=False) for k, v in maps.items()}
+        return self.decode(self.encode(window)[core], np.asarray(z, dtype=np.float32), samples=samples)
+
+
+@dataclass(frozen=True)
+class SamplerRef:
+    """How a process finds (or builds once) its sampler: export folder, device, intra-op threads."""
+
+    folder: str
+    device: str = "auto"
+    threads: int | None = None
+
+    def open(self) -> OnnxSampler:
+        """The process-wide OnnxSampler for this reference (created once per process)."""
+        key = self._key()
+        with _LOCK:
+            if key not in _SAMPLERS:
+                _SAMPLERS[key] = OnnxSampler(self.folder, device=self.device, threads=self.threads)
+            return _SAMPLERS[key]
+
+    def _key(self) -> tuple:
+        return str(Path(self.folder).resolve()), self.device, self.threads
+
+
+_SAMPLERS: dict[tuple, OnnxSampler] = {}
+_LOCK = threading.Lock()
+
+
+def _register(ref: SamplerRef, sampler: OnnxSampler) -> None:
+    with _LOCK:
+        _SAMPLERS[ref._key()] = sampler
 
 
 def load_sampler(folder: str | Path, *, device: str = "auto", threads: int | None = None) -> OnnxSampler:

@@ -69,23 +69,20 @@ def _same(a, b):
 
 def test_format_ome_zarr_and_resume(export, tmp_path):
     from probda_deploy.runtime import ome_zarr as oz
-    from probda_deploy.runtime.blockwise import SamplerRef, segment_to_zarr, settings_for, cached_sampler
+    from probda_deploy.runtime import segment
 
     img = np.random.default_rng(1).normal(size=(260, 250)).astype(np.float32)
     tifffile.imwrite(tmp_path / "big.tif", img)
     text = _invoke(export, "-i", tmp_path / "big.tif", "-o", tmp_path / "full", "--format", "ome-zarr", "--tile", 64, "-k", 3, "--quiet")
     assert "ome-zarr" in text and (tmp_path / "full" / "big.ome.zarr" / "labels" / "mask").is_dir()
     # an interrupted run: 4 of 20 blocks written, then the CLI resumes the rest
-    ref = SamplerRef(str(export), "auto", None)
-    settings = settings_for(cached_sampler(ref), samples=3, seed=0, tile=64, halo=None, normalize="image", threshold=0.5,
-                            outputs=("mask", "prob", "consensus", "std"))
 
-    def kill(done, total):
-        if done == 4:
+    def kill(done, total):  # 20 prior tiles, then 4 blocks
+        if done == 20 + 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        segment_to_zarr(ref, tmp_path / "big.tif", tmp_path / "cut" / "big.ome.zarr", settings=settings, on_block=kill)
+        segment(export, tmp_path / "big.tif", tmp_path / "cut", fmt="ome-zarr", samples=3, tile=64, on_progress=kill)
     assert len(oz.done_blocks(tmp_path / "cut" / "big.ome.zarr.partial")) == 4
     text = _invoke(export, "-i", tmp_path / "big.tif", "-o", tmp_path / "cut", "--format", "ome-zarr", "--tile", 64, "-k", 3, "--resume")
     assert "16 of 20 blocks written (resumed)" in text, text

@@ -15,7 +15,7 @@ from probda_deploy.exporters.graphs import receptive_radius
 from probda_deploy.models import build_model
 from probda_deploy.models.checkpoint import model_from_checkpoint
 from probda_deploy.runtime.manifest import sha256_file
-from probda_deploy.runtime import OnnxSampler, load_manifest, reduce_samples
+from probda_deploy.runtime import OnnxSampler, create_session, load_manifest, reduce_samples
 
 
 def _torch_maps(model, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
@@ -52,7 +52,8 @@ def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 37, 45)).astype(np.float32)
     eps = rng.standard_normal((5, 2, 6)).astype(np.float32)
-    got = sampler.predict_batch(x, eps=eps, normalize="none")
+    maps = [sampler.predict(x[b], eps=eps[:, b], tile=None, normalize="none") for b in range(2)]
+    got = {key: np.stack([m[key] for m in maps]) for key in ("prob", "consensus", "std")}
     ref = _torch_maps(model, x, eps)
     for key in ("prob", "consensus", "std"):
         assert got[key].shape == (2, 37, 45)
@@ -63,14 +64,15 @@ def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt):
 def test_three_sizes_in_one_session(punet_export, punet_ckpt):
     model = model_from_checkpoint(punet_ckpt)
     sampler = OnnxSampler(punet_export, device="cpu")
-    session = sampler._sessions["encoder"]
+    session = create_session(punet_export / "encoder.onnx", device="cpu")[0]
     rng = np.random.default_rng(4)
     for shape in [(16, 16), (23, 61), (64, 30)]:
         x = rng.standard_normal((1, *shape)).astype(np.float32)
         eps = rng.standard_normal((3, 1, 6)).astype(np.float32)
-        got = sampler.predict_batch(x, eps=eps, normalize="none")
-        np.testing.assert_allclose(got["prob"], _torch_maps(model, x, eps)["prob"], atol=1e-4)
-    assert OnnxSampler(punet_export, device="cpu")._sessions["encoder"] is session, "sessions are created once per process"
+        got = sampler.predict(x[0], eps=eps[:, 0], tile=None, normalize="none")
+        np.testing.assert_allclose(got["prob"][None], _torch_maps(model, x, eps)["prob"], atol=1e-4)
+    OnnxSampler(punet_export, device="cpu")
+    assert create_session(punet_export / "encoder.onnx", device="cpu")[0] is session, "sessions are created once per process"
 
 
 def test_sample_maps_and_whole_image_standardisation(punet_export, punet_ckpt):

@@ -11,8 +11,8 @@ import tifffile
 import zarr
 
 from probda_deploy.runtime import OnnxSampler
-from probda_deploy.runtime.distributed import DaskRunner
-from probda_deploy.runtime.scale import segment_scaled
+from probda_deploy.runtime import segment
+from probda_deploy.runtime.executors import DaskExecutor
 
 distributed = pytest.importorskip("distributed")
 
@@ -47,8 +47,8 @@ def _same_tifs(a: Path, b: Path) -> int:
 
 
 def test_cluster_folder_equals_single_process(sampler, cluster, folder, tmp_path):
-    single = segment_scaled(sampler, folder, tmp_path / "one", samples=4, seed=3, device="cpu")
-    multi = segment_scaled(sampler, folder, tmp_path / "many", samples=4, seed=3, device="cpu", scheduler=cluster.scheduler_address)
+    single = segment(sampler, folder, tmp_path / "one", samples=4, seed=3, device="cpu")
+    multi = segment(sampler, folder, tmp_path / "many", samples=4, seed=3, device="cpu", scheduler=cluster.scheduler_address)
     assert single.done == multi.done == 5 and not multi.failed
     assert multi.engine.startswith("dask")
     assert _same_tifs(tmp_path / "one", tmp_path / "many") == 20
@@ -61,10 +61,10 @@ def test_cluster_blocks_equal_single_process(sampler, cluster, tmp_path):
     tifffile.imwrite(tmp_path / "big.tif", img)
     kw = dict(samples=3, seed=1, tile=96, device="cpu", fmt="ome-zarr")
     blocks = []
-    segment_scaled(sampler, tmp_path / "big.tif", tmp_path / "one", **kw)
-    report = segment_scaled(sampler, tmp_path / "big.tif", tmp_path / "many", scheduler=cluster.scheduler_address,
-                            on_block=lambda done, total: blocks.append((done, total)), **kw)
-    assert report.done == 1 and blocks[-1] == (12, 12)
+    segment(sampler, tmp_path / "big.tif", tmp_path / "one", **kw)
+    report = segment(sampler, tmp_path / "big.tif", tmp_path / "many", scheduler=cluster.scheduler_address,
+                            on_progress=lambda done, total: blocks.append((done, total)), **kw)
+    assert report.done == 1 and blocks[-1] == (24, 24), "12 prior tiles + 12 blocks"
     a, b = (zarr.open_group(str(tmp_path / d / "big.ome.zarr"), mode="r") for d in ("one", "many"))
     np.testing.assert_array_equal(a["0"][:], b["0"][:])
     np.testing.assert_array_equal(a["labels/mask/1"][:], b["labels/mask/1"][:])
@@ -72,7 +72,7 @@ def test_cluster_blocks_equal_single_process(sampler, cluster, tmp_path):
 
 def test_cluster_failures_are_named(sampler, cluster, folder, tmp_path):
     (folder / "broken.tif").write_bytes(b"not a tiff")
-    report = segment_scaled(sampler, folder, tmp_path / "out", samples=2, device="cpu", scheduler=cluster.scheduler_address)
+    report = segment(sampler, folder, tmp_path / "out", samples=2, device="cpu", scheduler=cluster.scheduler_address)
     assert report.done == 5 and [r.path.name for r in report.failed] == ["broken.tif"]
     assert "broken.tif" in report.failed[0].error
 
@@ -88,7 +88,7 @@ def _die_once(marker: str) -> int:
 def test_lost_worker_work_is_redone(cluster, tmp_path):
     client = distributed.Client(cluster)
     try:
-        results = dict(DaskRunner(client, label="test").run(_die_once, [("a", (str(tmp_path / "m"),))]))
+        results = dict(DaskExecutor(client, label="test").run(_die_once, [("a", (str(tmp_path / "m"),))]))
         assert results == {"a": 42}
     finally:
         client.close()

@@ -11,13 +11,10 @@ import tifffile
 import zarr
 
 from probda_deploy.errors import ConfigError, ImageReadError
-from probda_deploy.runtime import OnnxSampler, latent_eps
-from probda_deploy.runtime import ome_zarr as oz
-from probda_deploy.runtime.blockwise import SamplerRef, register_sampler, segment_to_zarr, settings_for
 from probda_deploy.data.io import read_image
-from probda_deploy.runtime.chunked import open_image
-from probda_deploy.runtime.scale import segment_scaled
-from probda_deploy.runtime.segment import segment_image
+from probda_deploy.runtime import OnnxSampler, latent_eps, segment
+from probda_deploy.runtime import ome_zarr as oz
+from probda_deploy.runtime.readers import open_image
 
 
 def synthetic(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -44,11 +41,17 @@ def sampler(punet_export):
 
 
 def _run(sampler, src, out, *, tile, seed=0, k=4, ngff="0.4", resume=False, on_block=None):
-    ref = SamplerRef(str(sampler.folder), "cpu", None)
-    register_sampler(sampler, ref)
-    settings = settings_for(sampler, samples=k, seed=seed, tile=tile, halo=None, normalize="image", threshold=0.5,
-                            outputs=("mask", "prob", "consensus", "std"), ngff=ngff)
-    return segment_to_zarr(ref, src, out, settings=settings, resume=resume, on_block=on_block)
+    """Segment `src` into `out` (OME-Zarr); {"blocks", "written", "levels"}; a failed file raises ConfigError."""
+    report = segment(sampler, src, out.parent, fmt="ome-zarr", samples=k, seed=seed, tile=tile, ngff=ngff,
+                     resume=resume, on_progress=on_block)
+    (result,) = report.results
+    if result.status == "failed":
+        raise ConfigError(result.error)
+    assert result.outputs == (out,)
+    written, blocks = result.blocks
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    levels = len(attrs.get("ome", attrs)["multiscales"][0]["datasets"])
+    return {"blocks": blocks, "written": written, "levels": levels}
 
 
 def _check_ngff(out: Path, shape, levels, ngff="0.4"):
@@ -113,16 +116,17 @@ def test_ngff_05_zarr_v3(sampler, tmp_path):
     _check_ngff(out, (200, 260), info["levels"], ngff="0.5")
 
 
-def test_stack_matches_segment_image(sampler, tmp_path):
+def test_stack_matches_in_memory_slices(sampler, tmp_path):
     stack = np.stack([synthetic(np.arange(120) + 30 * z, np.arange(100)) for z in range(2)])
     tifffile.imwrite(tmp_path / "st.tif", stack, compression="zlib", tile=(64, 64))
     out = tmp_path / "st.ome.zarr"
     _run(sampler, tmp_path / "st.tif", out, tile=64, seed=2)
     root = zarr.open_group(str(out), mode="r")
     assert root["0"].shape == (3, 2, 120, 100)
-    ref = segment_image(sampler, stack, name="st.tif", k=4, seed=2, tile=64, outputs=("prob", "std"))
-    np.testing.assert_array_equal(root["0"][0], ref["prob"])
-    np.testing.assert_array_equal(root["0"][2], ref["std"])
+    for z in range(2):
+        ref = sampler.predict(stack[z], eps=latent_eps(2, "st.tif", 4, sampler.latent_dim, slice_index=z), tile=64)
+        np.testing.assert_array_equal(root["0"][0, z], ref["prob"])
+        np.testing.assert_array_equal(root["0"][2, z], ref["std"])
 
 
 class Killed(Exception):
@@ -135,8 +139,8 @@ def test_resume_redoes_only_missing_blocks(sampler, tmp_path):
     _run(sampler, src, full, tile=128, seed=1)
     out = tmp_path / "cut" / "r.ome.zarr"
 
-    def kill_after_5(done, total):
-        if done == 5:
+    def kill_after_5(done, total):  # progress counts the 16 prior tiles, then the 16 blocks
+        if done == 16 + 5:
             raise Killed
 
     with pytest.raises(Killed):
@@ -177,21 +181,21 @@ def test_chunked_inputs(tmp_path):
 
 
 def test_auto_format_and_labels(sampler, tmp_path, monkeypatch):
-    import probda_deploy.runtime.scale as scale
+    import probda_deploy.runtime.batch as batch
 
     src = tmp_path / "in"
     src.mkdir()
     tifffile.imwrite(src / "small.tif", synthetic(np.arange(60), np.arange(64)))
     tifffile.imwrite(src / "large.tif", synthetic(np.arange(90), np.arange(100)))
-    monkeypatch.setattr(scale, "ZARR_AUTO_PIXELS", 5000)
-    report = segment_scaled(sampler, src, tmp_path / "out", samples=2, outputs="mask,prob,labels")
+    monkeypatch.setattr(batch, "ZARR_AUTO_PIXELS", 5000)
+    report = segment(sampler, src, tmp_path / "out", samples=2, outputs="mask,prob,labels")
     assert report.formats == {str(src / "large.tif"): "ome-zarr", str(src / "small.tif"): "tif"}
     assert (tmp_path / "out" / "large.ome.zarr").is_dir() and (tmp_path / "out" / "small_labels.tif").is_file()
     with pytest.raises(ConfigError, match="already exist"):
-        segment_scaled(sampler, src / "large.tif", tmp_path / "out", samples=2, outputs="mask")
+        segment(sampler, src / "large.tif", tmp_path / "out", samples=2, outputs="mask")
     with pytest.raises(ConfigError, match="labels"):
-        segment_scaled(sampler, src, tmp_path / "o2", fmt="ome-zarr", outputs="labels")
-    again = segment_scaled(sampler, src, tmp_path / "out", samples=2, outputs="mask,prob,labels", resume=True)
+        segment(sampler, src, tmp_path / "o2", fmt="ome-zarr", outputs="labels")
+    again = segment(sampler, src, tmp_path / "out", samples=2, outputs="mask,prob,labels", resume=True)
     assert again.skipped == 2
 
 

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from probda_deploy.errors import ConfigError
-from probda_deploy.runtime import OnnxSampler, segment_files
+from probda_deploy.runtime import OnnxSampler, segment
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def _files(path):
 
 def test_outputs_types_and_shapes(punet_export, folder, tmp_path):
     out = tmp_path / "out"
-    report = segment_files(punet_export, folder, out, samples=4, outputs="mask,prob,consensus,std,labels", device="cpu")
+    report = segment(punet_export, folder, out, samples=4, outputs="mask,prob,consensus,std,labels", device="cpu")
     assert report.done == 2 and not report.failed and report.providers == ["CPUExecutionProvider"]
     assert report.samples == 4 and report.images_per_second > 0
     kinds = ["consensus", "labels", "mask", "prob", "std"]
@@ -42,7 +42,7 @@ def test_stacks_are_segmented_slice_by_slice(punet_export, tmp_path, blobs):
     stack = np.stack([blobs((24, 28), seed=s) for s in range(3)])
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
     sampler = OnnxSampler(punet_export, device="cpu")
-    report = segment_files(sampler, tmp_path / "s.tif", tmp_path / "out", samples=3, outputs="prob,mask")
+    report = segment(sampler, tmp_path / "s.tif", tmp_path / "out", samples=3, outputs="prob,mask")
     assert report.done == 1
     prob = tifffile.imread(tmp_path / "out" / "s_prob.tif")
     assert prob.shape == (3, 24, 28)
@@ -56,7 +56,7 @@ def test_bad_files_fail_alone(punet_export, folder, tmp_path):
     (folder / "corrupt.tif").write_bytes(b"not a tiff at all")
     tifffile.imwrite(folder / "flat.tif", np.full((20, 20), 7, np.uint8))
     seen = []
-    report = segment_files(
+    report = segment(
         punet_export, [folder, tmp_path / "missing.tif"], tmp_path / "out", samples=2, device="cpu", on_file=seen.append
     )
     assert report.done == 2 and len(report.failed) == 3 and len(seen) == 5
@@ -69,34 +69,34 @@ def test_bad_files_fail_alone(punet_export, folder, tmp_path):
 
 def test_resume_after_a_kill(punet_export, folder, tmp_path):
     out = tmp_path / "out"
-    segment_files(punet_export, folder, out, samples=3, device="cpu")
+    segment(punet_export, folder, out, samples=3, device="cpu")
     reference = tifffile.imread(out / "b_prob.tif")
     # simulate a kill while b was being written: prob missing, a temp file left behind
     (out / "b_prob.tif").unlink()
     (out / ".b_prob.tif.x1y2z3.tmp").write_bytes(b"partial")
     with pytest.raises(ConfigError, match=r"already exist.*--resume.*--overwrite"):
-        segment_files(punet_export, folder, out, samples=3, device="cpu")
-    report = segment_files(punet_export, folder, out, samples=3, device="cpu", resume=True)
+        segment(punet_export, folder, out, samples=3, device="cpu")
+    report = segment(punet_export, folder, out, samples=3, device="cpu", resume=True)
     assert [(r.path.name, r.status) for r in report.results] == [("a.tif", "skipped"), ("b.tif", "done")]
     assert _files(out) == sorted(f"{n}_{k}.tif" for n in "ab" for k in ("consensus", "mask", "prob", "std"))
     np.testing.assert_array_equal(tifffile.imread(out / "b_prob.tif"), reference)
-    again = segment_files(punet_export, folder, out, samples=3, device="cpu", overwrite=True)
+    again = segment(punet_export, folder, out, samples=3, device="cpu", overwrite=True)
     assert again.done == 2
 
 
 def test_results_do_not_depend_on_batch_composition(punet_export, folder, tmp_path):
-    segment_files(punet_export, folder, tmp_path / "all", samples=4, seed=7, device="cpu")
-    segment_files(punet_export, folder / "b.tif", tmp_path / "one", samples=4, seed=7, device="cpu")
+    segment(punet_export, folder, tmp_path / "all", samples=4, seed=7, device="cpu")
+    segment(punet_export, folder / "b.tif", tmp_path / "one", samples=4, seed=7, device="cpu")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "all" / "b_prob.tif"), tifffile.imread(tmp_path / "one" / "b_prob.tif"))
 
 
 def test_option_errors(punet_export, folder, tmp_path):
     with pytest.raises(ConfigError, match="unknown entropy; choose from mask,prob"):
-        segment_files(punet_export, folder, tmp_path / "o", outputs="mask,entropy")
+        segment(punet_export, folder, tmp_path / "o", outputs="mask,entropy")
     with pytest.raises(ConfigError, match="choose one"):
-        segment_files(punet_export, folder, tmp_path / "o", resume=True, overwrite=True)
+        segment(punet_export, folder, tmp_path / "o", resume=True, overwrite=True)
     (folder / "sub").mkdir()
     tifffile.imwrite(folder / "sub" / "a.png.tif", np.zeros((4, 4), np.uint8))
     tifffile.imwrite(folder / "sub" / "a.tif", np.zeros((4, 4), np.uint8))
     with pytest.raises(ConfigError, match=r"both would write"):
-        segment_files(punet_export, [folder, folder / "sub"], tmp_path / "o")
+        segment(punet_export, [folder, folder / "sub"], tmp_path / "o")

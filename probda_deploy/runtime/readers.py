@@ -7,7 +7,9 @@ supports numpy-style slicing and reads only what is sliced:
 - uncompressed contiguous TIFFs as numpy memory maps;
 - other TIFFs (compressed, tiled, strips) through tifffile's zarr store.
 PNG/JPEG are small by nature and read whole. The tiler reads windows with
-`tiling.read_window`, and whole-image statistics stream with `tiling.image_stats`.
+`tiling.read_window`, and whole-image statistics stream with `tiling.scan_stats`.
+`open_image(path, in_memory=True)` reads the whole image, validated, as float32
+(`data.io.read_image`): every path of the runtime opens images here.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.io import LUMA, check_readable, is_rgb_shape, read_image, unreadable, warn_grayscale
-from ..errors import ImageReadError
+from ..data.io import LUMA, check_readable, is_rgb_shape, list_images, read_image, unreadable, warn_grayscale
+from ..errors import ImageReadError, ProbdaError
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,14 @@ def plane(image, z: int):
     return image if image.ndim == 2 else LazyImage(image, getattr(image, "path", "image"), lead=(z,))
 
 
-def open_image(path: str | Path, *, warn: bool = True):
-    """Open an image for windowed reads without loading it.
+def open_image(path: str | Path, *, warn: bool = True, in_memory: bool = False):
+    """Open an image for windowed reads without loading it (or, with `in_memory`, read it whole).
 
     Args:
         path: `.zarr` folder, `.tif/.tiff` file (or PNG/JPEG, read whole).
         warn: log conversions (RGB -> grayscale); tasks that reopen a file pass False.
+        in_memory: read the whole image as validated float32 (`data.io.read_image`;
+            refuses NaN/inf and constant images).
 
     Returns:
         LazyImage (H, W) or (Z, H, W) with `.shape`, `.dtype`, `.ndim` and slicing
@@ -91,6 +95,8 @@ def open_image(path: str | Path, *, warn: bool = True):
         OSError, MemoryError: system-level failures (worth a retry), not a verdict on the file.
     """
     path = Path(path)
+    if in_memory and not is_zarr_path(path):
+        return read_image(path)
     check_readable(path, folder_ok=is_zarr_path(path))
     try:
         if is_zarr_path(path):
@@ -164,9 +170,7 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
         ImageReadError: unreadable file.
     """
     path = Path(path)
-    if is_zarr_path(path) or is_tiff_path(path):
-        return tuple(open_image(path).shape)
-    return tuple(read_image(path).shape)
+    return tuple(open_image(path, warn=False).shape)
 
 
 def list_inputs(inputs, *, zarr: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -175,9 +179,6 @@ def list_inputs(inputs, *, zarr: bool = True) -> tuple[list[Path], list[tuple[Pa
     Returns:
         (files, failures): failures are (input, error message) of inputs that did not expand.
     """
-    from ..data.io import list_images
-    from ..errors import ProbdaError
-
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files: list[Path] = []

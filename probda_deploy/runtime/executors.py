@@ -1,19 +1,19 @@
-"""Dask execution: an embedded LocalCluster or an existing scheduler, tasks that write their own outputs.
+"""Executors: run `(fn, jobs)` and yield `(name, result)`; they know nothing of segmentation.
 
-- `open_client(workers=N)` starts a LocalCluster of N single-threaded worker
-  processes; each onnxruntime session gets cores // N intra-op threads so the
-  workers do not oversubscribe the machine. `open_client(scheduler="tcp://...")`
-  connects to a running cluster (`dask scheduler` + `dask worker`, dask-jobqueue,
-  Kubernetes); the workers must see the model folder and the input/output paths.
-- Tasks are module-level functions of paths and small settings: a worker builds
-  its sampler once (blockwise.cached_sampler, one per process) and writes its
-  files / chunks itself; only small results (status, tile sums) come back.
-- `DaskRunner.run` yields results as they complete (progress), retries a crashed
-  task `retries` times (a worker lost mid-task has its task rescheduled by the
-  scheduler), and names the file or block of a failure. A task's input error
-  (ProbdaError) is returned, not raised, so it is neither retried nor logged as
-  a worker traceback, and is re-raised in the client unchanged; warnings a task
-  logs are shown by the client.
+- `LocalExecutor` runs the jobs one after the other in this process.
+- `DaskExecutor` runs them on a dask.distributed client: `open_executor(workers=N)`
+  starts a LocalCluster of N single-threaded worker processes (each onnxruntime
+  session gets cores // N intra-op threads, `executor.threads`, so the workers do
+  not oversubscribe the machine); `open_executor(scheduler="tcp://...")` connects
+  to a running cluster (`dask scheduler` + `dask worker`, dask-jobqueue,
+  Kubernetes), whose workers must see the model folder and the data paths.
+- Jobs are module-level functions of picklable arguments. `DaskExecutor.run`
+  yields results as they complete (progress), retries a crashed task `retries`
+  times (a worker lost mid-task has its task rescheduled by the scheduler), and
+  names the job of a failure. A task's input error (ProbdaError) is returned as a
+  value, not raised, so it is neither retried nor logged as a worker traceback,
+  and is re-raised in the client unchanged; warnings a task logs are shown by
+  the client.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import uuid
-from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ConfigError, ProbdaError, RuntimeModelError
@@ -40,22 +39,50 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class LocalExecutor:
+    """Runs jobs one after the other in this process.
+
+    Attributes:
+        threads: intra-op threads tasks should use (None: onnxruntime's default).
+        description: for summaries.
+        distributed: False: jobs may share objects with the caller.
+    """
+
+    distributed = False
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+        self.description = "single process"
+
+    def labelled(self, label: str) -> "LocalExecutor":
+        return self
+
+    def run(self, fn: Callable, jobs: list[tuple[str, tuple]]) -> Iterator[tuple[str, object]]:
+        for name, args in jobs:
+            yield name, fn(*args)
+
+
 @contextlib.contextmanager
-def open_client(*, workers: int = 1, scheduler: str | None = None, threads: int | None = None):
-    """A dask.distributed Client: embedded LocalCluster or an existing scheduler.
+def open_executor(*, workers: int = 1, scheduler: str | None = None, threads: int | None = None):
+    """LocalExecutor for one worker and no scheduler, else a DaskExecutor (LocalCluster or existing scheduler).
 
     Args:
         workers: worker processes of the LocalCluster (ignored with `scheduler`).
         scheduler: address of a running scheduler, e.g. tcp://127.0.0.1:8786.
-        threads: onnxruntime intra-op threads per worker (default: cores // workers
+        threads: onnxruntime intra-op threads per task (default: cores // workers
             locally, onnxruntime's default on an existing cluster).
 
     Yields:
-        (client, threads): the client and the intra-op threads tasks should use.
+        The executor.
 
     Raises:
         ConfigError: bad worker count or unreachable scheduler.
     """
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least 1 worker")
+    if not scheduler and workers == 1:
+        yield LocalExecutor(threads)
+        return
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -64,34 +91,41 @@ def open_client(*, workers: int = 1, scheduler: str | None = None, threads: int 
         except (OSError, TimeoutError) as e:
             raise ConfigError(f"--scheduler {scheduler}: cannot connect ({e}); start one with `dask scheduler` and `dask worker {scheduler}`") from None
         try:
-            yield client, threads
+            yield DaskExecutor(client, threads=threads, description=f"dask: {scheduler}")
         finally:
             client.close()
         return
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: need at least 1 worker")
     per_worker = threads or max(1, physical_cores() // workers)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                            silence_logs=logging.ERROR, worker_dashboard_address=None)
     client = Client(cluster)
     try:
-        yield client, per_worker
+        yield DaskExecutor(client, threads=per_worker, description=f"dask LocalCluster, {workers} workers x {per_worker} threads")
     finally:
         client.close()
         cluster.close()
 
 
-class DaskRunner:
-    """Runs tasks on a Dask client, yielding (name, result) as they complete.
+class DaskExecutor:
+    """Runs jobs on a Dask client, yielding (name, result) as they complete.
 
     Args:
         client: a distributed.Client.
         label: prefix naming the work in errors (e.g. the image path).
         retries: automatic retries of a failed task.
+        threads: intra-op threads tasks should use.
+        description: for summaries.
     """
 
-    def __init__(self, client, *, label: str = "", retries: int = RETRIES):
+    distributed = True
+
+    def __init__(self, client, *, label: str = "", retries: int = RETRIES, threads: int | None = None, description: str = "dask"):
         self.client, self.label, self.retries = client, label, retries
+        self.threads, self.description = threads, description
+
+    def labelled(self, label: str) -> "DaskExecutor":
+        """The same client, naming `label` in errors."""
+        return DaskExecutor(self.client, label=label, retries=self.retries, threads=self.threads, description=self.description)
 
     def run(self, fn: Callable, jobs: list[tuple[str, tuple]]) -> Iterator[tuple[str, object]]:
         from distributed import as_completed
@@ -144,11 +178,3 @@ def _call(fn: Callable, *args) -> tuple[str, object, list[str]]:
         return "error", e, collect.messages
     finally:
         logger.removeHandler(collect)
-
-
-def file_task(ref, path: str, out_dir: str, fmt: str, opts):
-    """Segment one file on a worker (TIFF outputs or a whole OME-Zarr) with SegmentOptions `opts`; returns a FileResult."""
-    from .blockwise import cached_sampler
-    from .scale import segment_path
-
-    return segment_path(cached_sampler(ref), ref, Path(path), Path(out_dir), opts, fmt=fmt)
