@@ -17,8 +17,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 from .data.io import list_images, read_image, read_label
 from .data.pairs import match_labels
 from .errors import ConfigError, LabelMatchError, ProbdaError
+from .files import write_text_atomic
 from .metrics import image_metrics
 from .report.calibration import CalibrationBins
 
@@ -329,18 +328,6 @@ def write_eval(report: EvalReport, out_dir: str | Path) -> tuple[Path, Path]:
     writer.writeheader()
     for row in report.rows:
         writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
-    csv_path = _write_text(out_dir / "per_image.csv", buf.getvalue())
-    json_path = _write_text(out_dir / "summary.json", json.dumps(report.summary, indent=2) + "\n")
+    csv_path = write_text_atomic(out_dir / "per_image.csv", buf.getvalue())
+    json_path = write_text_atomic(out_dir / "summary.json", json.dumps(report.summary, indent=2) + "\n")
     return csv_path, json_path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -5,16 +5,15 @@ Every problem becomes one `ImageReadError` whose message starts with the file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from ..errors import ImageReadError
+from ..files import atomic_path, current_umask  # noqa: F401  (re-exported: data.io.atomic_path)
 
 log = logging.getLogger(__name__)
 
@@ -189,31 +188,6 @@ def _glob(pattern: str) -> list[str]:
     import glob
 
     return glob.glob(pattern, recursive=True)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temp file path beside `path`; on success it is renamed to `path`, on error removed.
-
-    No partial file is ever visible under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_tiff_atomic(path: str | Path, array: np.ndarray, **kwargs) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -30,6 +29,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ExportError, ProbdaError
+from ..files import replace_dir
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..models.punet import PUNet
 from ..models.registry import model_spec
@@ -96,9 +96,7 @@ def export_onnx(
         write_manifest(tmp, manifest)
         if check:
             check_export(tmp, model)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

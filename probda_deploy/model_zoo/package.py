@@ -6,6 +6,7 @@ import getpass
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ExportError, ImageReadError, ZooValidationError
+from ..files import atomic_path
 from .graph import ConsensusConfig
 from .validate import ZooSummary, require_passed, validate_package
 
@@ -207,7 +209,8 @@ def export_bioimageio(checkpoint: str | Path, out: str | Path | None, *, name: s
         except ZooValidationError as e:
             tmp_zip.unlink(missing_ok=True)
             raise ZooValidationError(f"{out}: package failed bioimageio.core's test and was not written: {e}") from None
-        os.replace(tmp_zip, out)
+        with atomic_path(out, suffix=".zip") as tmp:
+            shutil.move(tmp_zip, tmp)
     summary = ZooSummary(**{**summary.__dict__, "path": out})
     source = "synthetic" if test_image is None else str(test_image)
     return ZooReport(out, name, summary, samples, seed, source, time.perf_counter() - t0)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..files import atomic_path
 
 DPI = 80
 
@@ -27,17 +27,9 @@ def new_figure(size_px: tuple[int, int], *, layout: str | None = "constrained"):
 
 def save_png(fig, path: str | Path) -> Path:
     """Write the figure as PNG via a temp file + rename; the pixel size is the figure's."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def display_range(image: np.ndarray) -> np.ndarray:

@@ -78,9 +78,9 @@ def write_report(report, out_dir: str | Path, *, compare=None, max_panels: int =
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>probda evaluation: {_e(names[0])}</title><style>{CSS}</style></head><body>"
            + "\n".join(parts) + "</body></html>\n")
-    from ..evaluation import _write_text
+    from ..files import write_text_atomic
 
-    return _write_text(out_dir / "index.html", doc)
+    return write_text_atomic(out_dir / "index.html", doc)
 
 
 def _default_names(report, compare) -> tuple[str, str]:

@@ -8,14 +8,14 @@ normalisation, size multiple, receptive field).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import RuntimeModelError
+from ..files import sha256_file, write_text_atomic
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "load_manifest", "sha256_file", "write_manifest"]
 
 FORMAT = "probda-onnx"
 FORMAT_VERSION = 1
@@ -24,15 +24,6 @@ KINDS = ("punet", "unet")
 
 _REQUIRED = ("format", "format_version", "kind", "files", "graphs", "size_multiple", "normalization", "consensus")
 _GRAPHS = {"punet": ("encoder", "prior", "prior_head", "decoder"), "unet": ("model",)}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_manifest(folder: str | Path, *, verify: bool = True) -> dict:
@@ -115,13 +106,4 @@ def verify_files(folder: Path, manifest: dict) -> None:
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
     """Write `manifest.json` atomically (sorted keys, 2-space indent)."""
     folder = Path(folder)
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, folder / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return folder / MANIFEST_NAME
+    return write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

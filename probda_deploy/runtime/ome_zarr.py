@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..files import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,4 @@ def done_blocks(path: Path) -> set[str]:
 def finalize(partial: Path, final: Path) -> Path:
     """Drop the markers and rename `NAME.ome.zarr.partial` to `NAME.ome.zarr`."""
     shutil.rmtree(Path(partial) / MARKERS, ignore_errors=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final
+    return replace_dir(partial, final)
