@@ -28,8 +28,7 @@ from .data.io import list_images, read_image, read_label
 from .data.pairs import match_labels
 from .errors import ConfigError, LabelMatchError, ProbdaError
 from .files import write_text_atomic
-from .metrics import image_metrics
-from .report.calibration import CalibrationBins
+from .metrics import CalibrationBins, image_metrics
 
 log = logging.getLogger(__name__)
 
@@ -250,68 +249,33 @@ def _prune_maps(report: EvalReport, keep: int, pinned: set[str]) -> None:
 def load_predictor(model: Any, *, samples: int, seed: int, device: str) -> tuple[Predictor, dict[str, str]]:
     """A function (image (H, W) float32, name) -> {"prob", "consensus", "std"} and facts about it.
 
+    Checkpoints and modules run on the torch backend, export folders on onnxruntime,
+    both through the runtime's one engine (`backends.load_backend`) with the latent
+    draws of `probda segment`, so a checkpoint and its export give the same maps.
+
     Returns:
         (predict, {"model", "kind", "device", "provider"}).
 
     Raises:
         CheckpointError, RuntimeModelError: unusable model path.
     """
-    if isinstance(model, (str, Path)):
-        path = Path(model)
-        if path.is_dir():
-            return _onnx_predictor(path, samples=samples, seed=seed, device=device)
-        if not path.exists():
-            from .errors import CheckpointError
-
-            raise CheckpointError(f"{path}: no such checkpoint file or export folder")
-        from .models.checkpoint import model_from_checkpoint
-
-        return _torch_predictor(model_from_checkpoint(path), str(path), samples=samples, seed=seed, device=device)
-    return _torch_predictor(model, type(model).__name__, samples=samples, seed=seed, device=device)
-
-
-def _torch_predictor(module, name: str, *, samples: int, seed: int, device: str):
-    import torch
-
-    from .models.predict import predict_maps
+    from .backends import TorchSampler, load_backend
     from .runtime.sampler import latent_eps
 
-    dev = device
-    if device == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        log.warning("device cuda requested but no CUDA GPU is available to torch; using cpu")
-        dev = "cpu"
-    module = module.to(dev).eval()
-    kind = "punet" if hasattr(module, "sample_logits") else "unet"
-
-    latent = getattr(getattr(module, "config", None), "latent_dim", None) if kind == "punet" else None
+    backend = load_backend(model, device=device)
 
     def predict(image: np.ndarray, name: str) -> dict[str, np.ndarray]:
-        eps = None
-        if latent:  # the same draws as the ONNX runtime and `probda segment`
-            base, _, z = name.partition(":")
-            eps = latent_eps(seed, base, samples, latent, int(z or 0))[:, None, :]
-        return predict_maps(module, image, k=samples, eps=eps, seed=seed, device=dev)
-
-    return predict, {"model": name, "kind": kind, "device": dev, "provider": f"torch {torch.__version__}"}
-
-
-def _onnx_predictor(folder: Path, *, samples: int, seed: int, device: str):
-    from .runtime.sampler import OnnxSampler, latent_eps
-
-    sampler = OnnxSampler(folder, device=device)
-
-    def predict(image: np.ndarray, name: str) -> dict[str, np.ndarray]:
-        if sampler.kind == "unet":
-            return sampler.predict(image)
+        if backend.kind == "unet":
+            return backend.predict(image)
         base, _, z = name.partition(":")
-        eps = latent_eps(seed, base, samples, sampler.latent_dim, int(z or 0))
-        return sampler.predict(image, eps=eps)
+        return backend.predict(image, eps=latent_eps(seed, base, samples, backend.latent_dim, int(z or 0)))
 
-    provider = ", ".join(sampler.providers)
-    dev = "cuda" if any("CUDA" in p for p in sampler.providers) else "cpu"
-    return predict, {"model": str(folder), "kind": sampler.kind, "device": dev, "provider": f"onnxruntime {provider}"}
+    torch_backend = isinstance(backend, TorchSampler)
+    label = str(model) if isinstance(model, (str, Path)) else type(model).__name__
+    providers = ", ".join(backend.providers)
+    dev = backend.device if torch_backend else ("cuda" if "CUDA" in providers else "cpu")
+    provider = providers if torch_backend else f"onnxruntime {providers}"
+    return predict, {"model": label, "kind": backend.kind, "device": dev, "provider": provider}
 
 
 # --------------------------------------------------------------------------- files

@@ -1,6 +1,8 @@
-"""Segmentation metrics on numpy arrays (no torch)."""
+"""Segmentation metrics on numpy arrays (no torch): per-image scores and pixel calibration histograms."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,3 +37,91 @@ def image_metrics(prob: np.ndarray, target: np.ndarray, threshold: float = 0.5) 
         "foreground_pred": float((prob >= threshold).mean()),
         "foreground_true": float((target > 0.5).mean()),
     }
+
+
+N_BINS = 10
+
+
+def _zeros() -> np.ndarray:
+    return np.zeros(N_BINS, np.float64)
+
+
+@dataclass
+class CalibrationBins:
+    """Pixel counts per bin, updated image by image.
+
+    Attributes:
+        cons_count, cons_errors: pixels and misclassified pixels per consensus bin [i/N, (i+1)/N).
+        prob_count, prob_sum, prob_pos: pixels, sum of mean probability, foreground pixels per
+            probability bin.
+    """
+
+    cons_count: np.ndarray = field(default_factory=_zeros)
+    cons_errors: np.ndarray = field(default_factory=_zeros)
+    prob_count: np.ndarray = field(default_factory=_zeros)
+    prob_sum: np.ndarray = field(default_factory=_zeros)
+    prob_pos: np.ndarray = field(default_factory=_zeros)
+
+    def update(self, prob: np.ndarray, consensus: np.ndarray, label: np.ndarray, *, threshold: float = 0.5) -> None:
+        """Add one image.
+
+        Args:
+            prob, consensus: (...) float32 mean probability and consensus in [0, 1].
+            label: (...) binary mask (> 0.5 is foreground).
+            threshold: of the hard prediction.
+        """
+        p, c = np.asarray(prob, np.float64).ravel(), np.asarray(consensus, np.float64).ravel()
+        g = np.asarray(label).ravel() > 0.5
+        wrong = (p >= threshold) != g
+        ci, pi = _bin(c), _bin(p)
+        self.cons_count += np.bincount(ci, minlength=N_BINS)
+        self.cons_errors += np.bincount(ci, weights=wrong, minlength=N_BINS)
+        self.prob_count += np.bincount(pi, minlength=N_BINS)
+        self.prob_sum += np.bincount(pi, weights=p, minlength=N_BINS)
+        self.prob_pos += np.bincount(pi, weights=g, minlength=N_BINS)
+
+    @property
+    def error_rate(self) -> np.ndarray:
+        """(N_BINS,) fraction of wrong pixels per consensus bin (NaN where empty)."""
+        return _ratio(self.cons_errors, self.cons_count)
+
+    @property
+    def reliability(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean predicted probability, observed foreground fraction) per probability bin (NaN where empty)."""
+        return _ratio(self.prob_sum, self.prob_count), _ratio(self.prob_pos, self.prob_count)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: pixel-weighted mean |observed - predicted| over probability bins."""
+        total = self.prob_count.sum()
+        if total == 0:
+            return float("nan")
+        conf, freq = self.reliability
+        ok = self.prob_count > 0
+        return float((self.prob_count[ok] * np.abs(freq[ok] - conf[ok])).sum() / total)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: bin edges, error rate per consensus bin, reliability curve, ECE (None for empty bins)."""
+        conf, freq = self.reliability
+        return {
+            "bin_edges": [round(float(x), 4) for x in np.linspace(0, 1, N_BINS + 1)],
+            "consensus_pixels": [int(x) for x in self.cons_count],
+            "error_rate_per_consensus_bin": _clean(self.error_rate),
+            "probability_pixels": [int(x) for x in self.prob_count],
+            "mean_probability_per_bin": _clean(conf),
+            "foreground_fraction_per_bin": _clean(freq),
+            "ece": None if np.isnan(self.ece) else self.ece,
+        }
+
+
+def _bin(values: np.ndarray) -> np.ndarray:
+    return np.clip((values * N_BINS).astype(np.int64), 0, N_BINS - 1)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def _clean(values: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]

@@ -80,3 +80,26 @@ def test_no_import_cycles():
 def test_cycle_finder_sees_lazy_imports():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"p": {"p.x"}, "p.x": {"q"}, "q": set()}) == []
+
+
+# Known part-level edge to remove: models/punet.py imports exporters.graphs.receptive_radius (lazily) while
+# exporters import models; receptive_radius belongs below both. Listed here so that no new circle goes unseen.
+KNOWN = {("probda_deploy.models.punet", "probda_deploy.exporters.graphs")}
+
+
+def test_no_cycles_between_parts():
+    """Sub-packages and top-level modules (runtime, report, evaluation, ...) do not import each other in a circle."""
+    part = lambda m: ".".join(m.split(".")[:2])  # noqa: E731
+    graph: dict[str, set[str]] = {}
+    for m, targets in import_graph().items():
+        graph.setdefault(part(m), set()).update(part(t) for t in targets if part(t) != part(m) and (m, t) not in KNOWN)
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle between parts: " + " -> ".join(cycle)
+
+
+def test_runtime_imports_only_runtime_data_errors_files():
+    allowed = {"probda_deploy.runtime", "probda_deploy.data", "probda_deploy.errors", "probda_deploy.files"}
+    for m, targets in import_graph().items():
+        if m.startswith("probda_deploy.runtime"):
+            outside = {".".join(t.split(".")[:2]) for t in targets} - allowed
+            assert not outside, f"{m} imports {outside}"

@@ -62,24 +62,22 @@ def latent_eps(seed: int, name: str, k: int, latent_dim: int, slice_index: int =
     return rng.standard_normal((k, latent_dim)).astype(np.float32)
 
 
-class OnnxSampler:
-    """Loads an export folder once; public per-window operations and whole-image `predict`.
+class Sampler:
+    """What every backend shares: the spec of its model, tiling plans, window inputs and whole-image `predict`.
+
+    A backend (OnnxSampler here; the torch backend in `probda_deploy.backends`) adds the
+    per-window operations the engine calls: `prior_sum`, `latents_from_sums` and
+    `predict_tile` (see OnnxSampler for their contracts).
 
     Args:
-        folder: `NAME.probda/` written by `export_onnx`.
-        device: auto, cpu or cuda.
-        threads: intra-op threads (None: physical cores).
-        verify: check sha256 of every file against the manifest.
-
-    Raises:
-        RuntimeModelError: invalid, tampered or newer export.
+        spec: the manifest of an export (or the same keys for another backend): kind,
+            size_multiple, latent_dim, default_samples, default_halo, consensus,
+            normalization, prior_stride, min_size, tiling.
+        provider_report: what runs the graphs.
     """
 
-    def __init__(self, folder: str | Path, *, device: str = "auto", threads: int | None = None, verify: bool = True):
-        self.folder = Path(folder)
-        self.device, self.threads = getattr(device, "value", device), threads
-        self.manifest = load_manifest(self.folder, verify=verify)
-        m = self.manifest
+    def __init__(self, spec: dict, provider_report: ProviderReport):
+        self.manifest = m = spec
         self.kind = m["kind"]
         self.multiple = int(m["size_multiple"])
         self.latent_dim = int(m.get("latent_dim", 0))
@@ -94,34 +92,16 @@ class OnnxSampler:
             tiling = {"mode": "approximate", "reason": "align_corners=True"}
         self.tiling_mode = str(tiling.get("mode", "exact"))
         self.tiling_reason = str(tiling.get("reason", ""))
-        self._sessions = {}
-        reports = []
-        for name, graph in m["graphs"].items():
-            session, report = create_session(self.folder / graph["file"], device=device, threads=threads)
-            self._sessions[name] = session
-            reports.append(report)
-        self.provider_report: ProviderReport = reports[0]
+        self.provider_report = provider_report
 
     @property
     def providers(self) -> list[str]:
         """Execution providers really active (read back from onnxruntime)."""
         return list(self.provider_report.active)
 
-    @property
-    def model_id(self) -> str:
-        """First 16 hex digits of the manifest's sha256 (identifies the export in outputs)."""
-        return hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
-
-    def open(self) -> "OnnxSampler":
+    def open(self) -> "Sampler":
         """This sampler (tasks call `.open()` on a sampler or a SamplerRef alike)."""
         return self
-
-    def ref(self, threads: int | None = None) -> "SamplerRef":
-        """A picklable reference to this export that other processes open once; registers this sampler for it here."""
-        ref = SamplerRef(str(self.folder), self.device, self.threads if threads is None else threads)
-        if ref.threads == self.threads:
-            _register(ref, self)
-        return ref
 
     # ------------------------------------------------------ whole images
     def predict(
@@ -239,6 +219,44 @@ class OnnxSampler:
             mean, std = stats if normalize == "image" else (float(np.mean(x, dtype=np.float64)), float(np.std(x, dtype=np.float64)))
             x = ((x - mean) / (std + float(self.normalization.get("eps", 1e-7)))).astype(np.float32)
         return x[None, None]
+
+
+class OnnxSampler(Sampler):
+    """Loads an export folder once: the graphs behind the per-window operations.
+
+    Args:
+        folder: `NAME.probda/` written by `export_onnx`.
+        device: auto, cpu or cuda.
+        threads: intra-op threads (None: physical cores).
+        verify: check sha256 of every file against the manifest.
+
+    Raises:
+        RuntimeModelError: invalid, tampered or newer export.
+    """
+
+    def __init__(self, folder: str | Path, *, device: str = "auto", threads: int | None = None, verify: bool = True):
+        self.folder = Path(folder)
+        self.device, self.threads = getattr(device, "value", device), threads
+        manifest = load_manifest(self.folder, verify=verify)
+        self._sessions = {}
+        reports = []
+        for name, graph in manifest["graphs"].items():
+            session, report = create_session(self.folder / graph["file"], device=device, threads=threads)
+            self._sessions[name] = session
+            reports.append(report)
+        super().__init__(manifest, reports[0])
+
+    @property
+    def model_id(self) -> str:
+        """First 16 hex digits of the manifest's sha256 (identifies the export in outputs)."""
+        return hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
+
+    def ref(self, threads: int | None = None) -> "SamplerRef":
+        """A picklable reference to this export that other processes open once; registers this sampler for it here."""
+        ref = SamplerRef(str(self.folder), self.device, self.threads if threads is None else threads)
+        if ref.threads == self.threads:
+            _register(ref, self)
+        return ref
 
     def prior_sum(self, window: np.ndarray, tile: Tile) -> tuple[np.ndarray, int]:
         """Prior trunk of one tile's window, summed over the cells its core owns.
