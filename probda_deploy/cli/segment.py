@@ -49,7 +49,8 @@ def segment(
     """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif)."""
     setup_logging(quiet)
     from ..errors import ConfigError
-    from ..runtime.batch import parse_outputs, segment as run_segment
+    from ..runtime.batch import segment as run_segment
+    from ..runtime.outputs import parse_outputs
 
     parse_outputs(outputs)
     inputs = [*(inputs or []), *(more or [])]
@@ -135,7 +136,7 @@ def _summary(report, note: str) -> None:
     table.add_row("outputs", str(report.out_dir))
     if report.formats:
         counts = {f: sum(v == f for v in report.formats.values()) for f in ("tif", "ome-zarr")}
-        from ..runtime.batch import ZARR_AUTO_PIXELS
+        from ..runtime.outputs import ZARR_AUTO_PIXELS
 
         rule = f"auto: OME-Zarr for .zarr inputs and images above {ZARR_AUTO_PIXELS / 1e6:.1f} Mpx"
         auto = report.requested_format == "auto"

@@ -7,14 +7,15 @@
 
 Modules: `sampler.py` (the export's graphs, public per-window operations),
 `tiling.py` (exact tiles with a halo), `predict.py` (the one per-image engine),
-`sinks.py` (TIFF, OME-Zarr, memory), `batch.py` (files -> outputs),
+`sinks.py` (TIFF, OME-Zarr, memory), `batch.py` (files -> outputs), `outputs.py` (output names, clashes),
 `executors.py` (local, Dask), `readers.py` (lazy image reads).
 """
 
-from .batch import OUTPUTS, FileResult, SegmentOptions, SegmentReport, resolve_options, segment, segment_files
+from .batch import FileResult, SegmentOptions, SegmentReport, resolve_options, segment, segment_files
 from .consensus import consensus, reduce_samples
 from .executors import LocalExecutor, open_executor
 from .manifest import load_manifest
+from .outputs import OUTPUTS
 from .predict import predict_image
 from .sampler import OnnxSampler, SamplerRef, latent_eps, load_sampler
 from .session import ProviderReport, create_session

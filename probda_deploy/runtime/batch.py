@@ -2,44 +2,37 @@
 
     report = segment_files(inputs, options, executor)
 
-Per input `NAME.ext`, format "tif" writes `NAME_mask.tif` (uint8 0/1),
-`NAME_prob.tif`, `NAME_consensus.tif`, `NAME_std.tif` (float32) and optionally
-`NAME_labels.tif` (connected components); "ome-zarr" writes `NAME.ome.zarr`;
-"auto" picks OME-Zarr for zarr inputs and images above ZARR_AUTO_PIXELS.
-Every image goes through `predict.predict_image` into a sink (sinks.py). The
-executor decides where work runs: with a Dask executor TIFF files are the units
-of work (one task per file) and an OME-Zarr image is split into blocks spread
-over the workers. Latents come from `latent_eps(seed, file name, K, L, slice)`,
-so results do not depend on input order or on how the work is split. A bad
-input becomes one failed FileResult and the batch goes on. `segment` is the
-one-call form used by the CLI (load the model, resolve options, open an executor).
+Every image goes through `predict.predict_image` into a sink (sinks.py); which
+files an input writes is `outputs.py`. The executor decides where work runs:
+with a Dask executor TIFF files are the units of work (one task per file) and
+an OME-Zarr image is split into blocks spread over the workers. Latents come
+from `latent_eps(seed, file name, K, L, slice)`, so results do not depend on
+input order or on how the work is split. A bad input becomes one failed
+FileResult and the batch goes on. `segment` is the one-call form used by the
+CLI (load the model, resolve options, open an executor).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from ..errors import ConfigError, ProbdaError
 from . import ome_zarr as oz
 from .executors import LocalExecutor, open_executor
-from .predict import image_shape, predict_image
-from .readers import is_zarr_path, list_inputs, open_image
+from .outputs import (DEFAULT_OUTPUTS, FORMATS, check_outputs, choose_format, output_paths, parse_outputs,
+                      remove_stale_temps, tiff_outputs, zarr_output)
+from .predict import predict_image
+from .readers import list_inputs, open_image
 from .sampler import NORMALIZE, OnnxSampler, SamplerRef, latent_eps, load_sampler
 from .preview import write_preview
 from .sinks import TiffSink, ZarrSink
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("mask", "prob", "consensus", "std", "labels")
-DEFAULT_OUTPUTS = ("mask", "prob", "consensus", "std")
-FORMATS = ("auto", "tif", "ome-zarr")
-ZARR_AUTO_PIXELS = 4096 * 4096  # above this many pixels (all planes), "auto" writes OME-Zarr
 PREVIEW_SIDE = 1024  # OME-Zarr sinks keep a preview of at most this side in memory
 
 
@@ -128,19 +121,6 @@ class SegmentOptions:
                 "mask": "mask" in self.outputs, "ngff": self.ngff}
 
 
-def parse_outputs(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """"mask,prob" -> ("mask", "prob").
-
-    Raises:
-        ConfigError: unknown or empty output names.
-    """
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    bad = [n for n in names if n not in OUTPUTS]
-    if bad or not names:
-        raise ConfigError(f"--outputs {','.join(names) or spec!r}: unknown {', '.join(bad) or 'empty list'}; choose from {','.join(OUTPUTS)}")
-    return tuple(dict.fromkeys(names))
-
-
 def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int | None = None,
                     outputs: str | Sequence[str] = DEFAULT_OUTPUTS, threshold: float | None = None, seed: int = 0,
                     tile: int | None | str = "auto", halo: int | None = None, normalize: str = "image", fmt: str = "auto",
@@ -170,81 +150,6 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
         model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,
         threshold=threshold, seed=seed, tile=tile, halo=sampler.default_halo if halo is None else halo,
         normalize=normalize, fmt=fmt, resume=resume, overwrite=overwrite, ngff=ngff, preview=preview)
-
-
-def tiff_outputs(out_dir: Path, image: Path, outputs: Iterable[str]) -> dict[str, Path]:
-    """{"mask": OUT/NAME_mask.tif, ...} for an input file."""
-    return {kind: Path(out_dir) / f"{image.stem}_{kind}.tif" for kind in outputs}
-
-
-def zarr_output(out_dir: Path, image: Path) -> Path:
-    """OUT/NAME.ome.zarr for an input (NAME without .ome/.zarr suffixes)."""
-    name = image.name
-    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return Path(out_dir) / f"{name[: -len(suffix)]}{oz.SUFFIX}"
-    return Path(out_dir) / f"{image.stem}{oz.SUFFIX}"
-
-
-def choose_format(path: Path, fmt: str) -> str:
-    """"tif" or "ome-zarr" for one input (reads only the header for TIFF/zarr)."""
-    if fmt != "auto":
-        return fmt
-    if is_zarr_path(path):
-        return "ome-zarr"
-    try:
-        shape = image_shape(path)
-    except ProbdaError:
-        return "tif"  # the read error is reported by the segmentation itself
-    pixels = 1
-    for s in shape:
-        pixels *= int(s)
-    return "ome-zarr" if pixels > ZARR_AUTO_PIXELS else "tif"
-
-
-def output_paths(path: Path, fmt: str, options: SegmentOptions) -> tuple[Path, ...]:
-    """The outputs one input writes in `fmt`."""
-    if fmt == "ome-zarr":
-        return (zarr_output(options.out_dir, path),)
-    return tuple(tiff_outputs(options.out_dir, path, options.outputs).values())
-
-
-def check_outputs(files: list[Path], formats: dict[Path, str], options: SegmentOptions) -> None:
-    """Refuse two inputs writing the same outputs, and existing outputs without --resume/--overwrite.
-
-    With --overwrite, existing OME-Zarr outputs are removed (TIFFs are replaced atomically when written).
-
-    Raises:
-        ConfigError: a clash.
-    """
-    owners: dict[Path, Path] = {}
-    for f in files:
-        for target in output_paths(f, formats[f], options):
-            if target in owners:
-                what = f"{options.out_dir}/{f.stem}_*.tif" if formats[f] == "tif" else str(target)
-                raise ConfigError(f"{owners[target]} and {f}: both would write {what}; segment them into separate output folders")
-            owners[target] = f
-    existing = [t for t in owners if t.exists()]
-    if not existing or options.resume:
-        return
-    if options.overwrite:
-        for t in existing:
-            if t.is_dir():
-                shutil.rmtree(t)
-        return
-    raise ConfigError(f"{options.out_dir}: {len(existing)} output(s) already exist (e.g. {existing[0].name}); "
-                      f"pass --resume to skip finished images or --overwrite to replace them")
-
-
-def remove_stale_temps(out_dir: Path, outputs: Iterable[Path]) -> None:
-    """Delete temp files (`.NAME_kind.tif.<random>.tmp`) a killed run left for these outputs (one folder scan)."""
-    names = {p.name for p in outputs}
-    if not Path(out_dir).is_dir():
-        return
-    for entry in os.scandir(out_dir):
-        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.name[1:-4].rsplit(".", 1)[0] in names:
-            Path(entry.path).unlink(missing_ok=True)
-            log.info("%s: removed leftover temp file of an interrupted run", entry.path)
 
 
 def segment_file(path: Path, options: SegmentOptions, fmt: str, executor=None, *,

@@ -181,13 +181,13 @@ def test_chunked_inputs(tmp_path):
 
 
 def test_auto_format_and_labels(sampler, tmp_path, monkeypatch):
-    import probda_deploy.runtime.batch as batch
+    import probda_deploy.runtime.outputs as outputs
 
     src = tmp_path / "in"
     src.mkdir()
     tifffile.imwrite(src / "small.tif", synthetic(np.arange(60), np.arange(64)))
     tifffile.imwrite(src / "large.tif", synthetic(np.arange(90), np.arange(100)))
-    monkeypatch.setattr(batch, "ZARR_AUTO_PIXELS", 5000)
+    monkeypatch.setattr(outputs, "ZARR_AUTO_PIXELS", 5000)
     report = segment(sampler, src, tmp_path / "out", samples=2, outputs="mask,prob,labels")
     assert report.formats == {str(src / "large.tif"): "ome-zarr", str(src / "small.tif"): "tif"}
     assert (tmp_path / "out" / "large.ome.zarr").is_dir() and (tmp_path / "out" / "small_labels.tif").is_file()
@@ -218,3 +218,17 @@ def test_8192_image_streams_into_ome_zarr(sampler, tmp_path):
 
         node = list(Reader(parse_url(str(out)))())[0]
         assert node.data[0].shape == (3, 8192, 8192)
+
+
+def test_preview_of_an_ome_zarr_output_comes_from_memory(sampler, tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    import probda_deploy.runtime.batch as batch
+
+    src = write_input(tmp_path / "p.zarr", (300, 260), chunk=128)
+    monkeypatch.setattr(batch, "PREVIEW_SIDE", 100)  # a 3x smaller preview, kept while blocks are written
+    report = segment(sampler, src, tmp_path / "out", fmt="ome-zarr", samples=2, tile=96, preview=True)
+    (result,) = report.results
+    assert result.status == "done" and result.preview == tmp_path / "out" / "preview" / "p.png"
+    png = iio.imread(result.preview)
+    assert png.shape == (100, 87, 3) and png.dtype == np.uint8 and png.std() > 0
