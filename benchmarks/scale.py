@@ -1,16 +1,16 @@
 """Scale benchmark: peak RSS and throughput of an 8192 x 8192 OME-Zarr run, and Dask worker scaling.
 
-    python benchmarks/scale.py [--size 8192] [--files 64] [--file-size 256] [--samples 4] [--out RESULTS.md]
+    python benchmarks/scale.py [--size 8192] [--tile 1024] [--samples 16] [--features 16] [--files 64] [--file-size 256]
 
 Prints a table (and writes it to --out if given):
 1. an 8192 x 8192 float32 image, generated chunk by chunk into a zarr array,
-   segmented tiled (1024 px tiles) into OME-Zarr in a child process: peak RSS of
+   segmented tiled (--tile px tiles) into OME-Zarr in a child process: peak RSS of
    that process (resource.getrusage RUSAGE_CHILDREN) and its pixels per second;
 2. a 1024 x 1024 image predicted untiled in memory: pixels per second;
 3. a folder of N images segmented to TIFF on a LocalCluster with 1 and with 2
    single-threaded workers (sessions warmed up first, cluster start-up excluded).
-The model is a tiny random PUNet (punet-small, 8 features, depth 3): the numbers
-measure the streaming/tiling/Dask machinery, not a production network.
+The model is a random punet-small (16 features, depth 4: what users run; --features 8
+--depth 3 gives the tiny test model), so the network's cost is realistic.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 
-def make_export(root: Path, samples: int) -> Path:
+def make_export(root: Path, samples: int, features: int = 16, depth: int = 4) -> Path:
     import torch
 
     from probda_deploy.exporters import cached_export
@@ -36,7 +36,7 @@ def make_export(root: Path, samples: int) -> Path:
 
     torch.manual_seed(0)
     ckpt = root / "bench.pt"
-    save_checkpoint(make_checkpoint(build_model("punet-small", initial_features=8, depth=3)), ckpt)
+    save_checkpoint(make_checkpoint(build_model("punet-small", initial_features=features, depth=depth)), ckpt)
     return cached_export(ckpt, cache_root=root / "cache", samples=samples)[0]
 
 
@@ -56,21 +56,21 @@ def write_zarr(path: Path, size: int, chunk: int = 1024) -> Path:
     return path
 
 
-def child_big(export: str, src: str, out: str, samples: int) -> None:
+def child_big(export: str, src: str, out: str, samples: int, tile: int) -> None:
     """Runs in the child process: the OME-Zarr run only; prints JSON timing."""
     from probda_deploy.runtime import segment
 
     t = time.perf_counter()
-    report = segment(export, src, out, fmt="ome-zarr", samples=samples, tile=1024, device="cpu", overwrite=True)
+    report = segment(export, src, out, fmt="ome-zarr", samples=samples, tile=tile, device="cpu", overwrite=True)
     seconds = time.perf_counter() - t
     assert report.done == 1, report.failed
     print(json.dumps({"seconds": seconds}))
 
 
-def bench_big(export: Path, root: Path, size: int, samples: int) -> dict:
+def bench_big(export: Path, root: Path, size: int, samples: int, tile: int) -> dict:
     src = write_zarr(root / "big.zarr", size)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, __file__, "--child", str(export), str(src), str(root / "out"), str(samples)],
+    proc = subprocess.run([sys.executable, __file__, "--child", str(export), str(src), str(root / "out"), str(samples), str(tile)],
                           capture_output=True, text=True, check=True)
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
@@ -120,7 +120,7 @@ def table(big: dict, untiled: dict, workers: dict, args) -> str:
     rows = [
         "| measurement | value | target |",
         "|---|---|---|",
-        f"| {args.size}x{args.size} OME-Zarr run: peak RSS | {big['peak_rss_mb']:.0f} MB | <= 1536 MB |",
+        f"| {args.size}x{args.size} OME-Zarr run, tiles {args.tile}, K={args.samples}: peak RSS | {big['peak_rss_mb']:.0f} MB | <= 1536 MB |",
         f"| {args.size}x{args.size} OME-Zarr run: time | {big['seconds']:.1f} s ({big['px_per_s'] / 1e6:.2f} Mpx/s) | |",
         f"| 1024x1024 untiled in memory | {untiled['seconds']:.2f} s ({untiled['px_per_s'] / 1e6:.2f} Mpx/s) | |",
         f"| tiled OME-Zarr / untiled throughput | {ratio:.2f} | >= 0.90 |",
@@ -133,19 +133,22 @@ def table(big: dict, untiled: dict, workers: dict, args) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_big(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        child_big(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=8192)
     p.add_argument("--files", type=int, default=64)
     p.add_argument("--file-size", type=int, default=256)
-    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--tile", type=int, default=1024)
+    p.add_argument("--features", type=int, default=16)
+    p.add_argument("--depth", type=int, default=4)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="probda-scale-") as tmp:
         root = Path(tmp)
-        export = make_export(root, args.samples)
-        big = bench_big(export, root, args.size, args.samples)
+        export = make_export(root, args.samples, args.features, args.depth)
+        big = bench_big(export, root, args.size, args.samples, args.tile)
         untiled = bench_untiled(export, args.samples)
         workers = bench_workers(export, root, args.files, args.file_size, args.samples)
     text = table(big, untiled, workers, args)
