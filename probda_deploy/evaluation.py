@@ -39,7 +39,7 @@ METRICS = ROW_FIELDS[1:]
 def summary_key(metric: str) -> str:
     """Key of a per-image metric's mean in the summary: dice_hard -> mean_dice_hard, mean_consensus stays."""
     return metric if metric.startswith("mean_") else f"mean_{metric}"
-Predictor = Callable[[np.ndarray, str], dict[str, np.ndarray]]
+Predictor = Callable[[np.ndarray, str], dict[str, np.ndarray]]  # (image (H, W) or (Z, H, W), file name) -> maps
 
 
 @dataclass(frozen=True)
@@ -210,8 +210,8 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, thr
     image = read_image(img_path)
     label = None if lab_path is None else read_label(lab_path, shape=image.shape, image_path=img_path)
     slices = image[None] if image.ndim == 2 else image
-    per = [predict(s, img_path.name if image.ndim == 2 else f"{img_path.name}:{z}") for z, s in enumerate(slices)]
-    maps = {key: np.stack([m[key] for m in per]).astype(np.float32) for key in ("prob", "consensus", "std")}
+    maps = predict(image, img_path.name)  # (Z, H, W) maps of stacks, (H, W) of 2D images
+    maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32) for key in ("prob", "consensus", "std")}
     fg_pred = float((maps["prob"] >= threshold).mean())
     values: dict[str, Any] = {"foreground_pred": fg_pred, "mean_consensus": float(maps["consensus"].mean())}
     if label is None:
@@ -247,7 +247,7 @@ def _prune_maps(report: EvalReport, keep: int, pinned: set[str]) -> None:
 
 # --------------------------------------------------------------------------- models
 def load_predictor(model: Any, *, samples: int, seed: int, device: str) -> tuple[Predictor, dict[str, str]]:
-    """A function (image (H, W) float32, name) -> {"prob", "consensus", "std"} and facts about it.
+    """A function (image (H, W) or (Z, H, W) float32, file name) -> {"prob", "consensus", "std"} and facts about it.
 
     Checkpoints and modules run on the torch backend, export folders on onnxruntime,
     both through the runtime's one engine (`backends.load_backend`) with the latent
@@ -260,15 +260,16 @@ def load_predictor(model: Any, *, samples: int, seed: int, device: str) -> tuple
         CheckpointError, RuntimeModelError: unusable model path.
     """
     from .backends import TorchSampler, load_backend
-    from .runtime.sampler import latent_eps
+    from .runtime import MemorySink, latent_eps, predict_image
 
     backend = load_backend(model, device=device)
 
     def predict(image: np.ndarray, name: str) -> dict[str, np.ndarray]:
-        if backend.kind == "unet":
-            return backend.predict(image)
-        base, _, z = name.partition(":")
-        return backend.predict(image, eps=latent_eps(seed, base, samples, backend.latent_dim, int(z or 0)))
+        planes = image.shape[0] if image.ndim == 3 else 1
+        eps = [latent_eps(seed, name, samples, backend.latent_dim, z) if backend.kind == "punet" else None for z in range(planes)]
+        sink = MemorySink(image.shape)
+        predict_image(backend, image, sink, eps=eps)
+        return sink.result()
 
     torch_backend = isinstance(backend, TorchSampler)
     label = str(model) if isinstance(model, (str, Path)) else type(model).__name__
