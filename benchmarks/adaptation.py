@@ -1,7 +1,7 @@
 """Does adaptation help? Target dice over several synthetic shifts, seeds and methods.
 
     python benchmarks/adaptation.py [--out benchmarks/_adaptation] [--seeds 0 1 2]
-        [--shifts appearance dim-gradient ...] [--rows all|core|masking] [--convs-per-block 3] [--quick]
+        [--shifts appearance dim-gradient ...] [--rows all|core|masking] [--punet punet-small] [--quick]
 
 For every shift the table first prints its preconditions, measured with the PUNet
 source model on the labeled target test images: source dice, the share of error
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--shifts", nargs="+", default=list(SHIFTS))
     ap.add_argument("--rows", choices=("all", *ROW_SETS), default="all")
-    ap.add_argument("--convs-per-block", type=int, default=3, help="source models' convs per level (probda train --convs-per-block)")
+    ap.add_argument("--punet", default="punet-small", help="PUNet variant of the source model (e.g. punet-small-fast)")
     ap.add_argument("--quick", action="store_true", help="tiny budget smoke run")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -125,12 +125,11 @@ def main() -> None:
         root = args.out / f"seed{seed}"
         src_img, src_lab = write_dataset(root / "source", n_images=n, shape=(size, size), domain="source", seed=seed)
         sources = {}
-        for kind, model in (("punet", "punet-small"), ("unet", "unet-small")):
+        for kind, model in (("punet", args.punet), ("unet", "unet-small")):
             cfg = TrainConfig(model=model, iterations=it_src, batch_size=4, patch_size=96, lr=1e-3,
                               val_every=max(10, it_src // 2), seed=seed)
             run = root / f"source_{kind}"
-            train_source(src_img, src_lab, run_dir=run, config=cfg, resume=(run / "latest.pt").exists(),
-                         model_options={"convs_per_block": args.convs_per_block})
+            train_source(src_img, src_lab, run_dir=run, config=cfg, resume=(run / "latest.pt").exists())
             sources[kind] = run / "latest.pt"
         for shift in args.shifts:
             t_img, t_lab = write_dataset(root / shift / "target", n_images=n, shape=(size, size), domain=shift, seed=seed)
@@ -168,7 +167,7 @@ def main() -> None:
                       f"label-free pick = true-dice pick: {agrees}, {time.perf_counter() - t:.0f}s", flush=True)
     print(f"\n{n} source / {n} target train images and {max(2, n // 2)} target test images of {size}x{size} per seed; "
           f"seeds {args.seeds}; source {it_src} it, adaptation {it_ad} it (patch 96, batch 4); "
-          f"{args.convs_per_block} convs per block; "
+          f"PUNet {args.punet}; "
           f"total {time.perf_counter() - t_all:.0f}s\n")
     _print_table(args.shifts, results, pre, ["Otsu threshold", "UNet source", "PUNet source", *rows])
     for key, vals in checks.items():

@@ -16,6 +16,8 @@ rounds and the ratio torch-em / probda (> 1: probda is faster).
     (MeanTeacherTrainer's step). probda:
     `fit` with the mean-teacher strategy (16 samples, consensus masking), views
     included.
+  * probda twice: `punet-small` (the paper's architecture at 16 filters) and
+    `punet-small-fast` (the same UNet; prior and posterior nets at half width).
   * GFLOP per step of each (forward + backward, torch.utils.flop_counter) and the
     achieved GFLOP/s, so a difference in architecture shows (probda: the paper's
     UNet, 3 convs per level, no normalisation, average pooling; torch-em: its UNet2d,
@@ -46,6 +48,7 @@ from pathlib import Path
 
 FILTERS = [16, 32, 64, 128]
 LATENT, FCOMB, SAMPLES = 6, 3, 16
+PROBDA_VARIANTS = ("punet-small", "punet-small-fast")
 
 
 def parse() -> argparse.Namespace:
@@ -59,7 +62,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--cli", type=int, default=0, metavar="N", help="also time `probda train`/`probda adapt` for N iterations")
     p.add_argument("--probda-only", action="store_true", help="skip torch-em (no venv needed)")
     p.add_argument("--profile", action="store_true", help="also print where probda's step time goes")
-    p.add_argument("--child", choices=["torch-em", "probda"], help=argparse.SUPPRESS)
+    p.add_argument("--skip-steps", action="store_true", help="skip the side-by-side step table (profile / CLI only)")
+    p.add_argument("--child", choices=["torch-em", *PROBDA_VARIANTS], help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -198,7 +202,7 @@ class _FixedPatches:
         return self.x[:batch_size].copy(), self.y[:batch_size].copy()
 
 
-def probda_child(args) -> dict:
+def probda_child(args, variant: str) -> dict:
     import torch
 
     from probda_deploy.models import build_model
@@ -214,7 +218,7 @@ def probda_child(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("source", "mt"):
             torch.manual_seed(0)
-            model = build_model("punet-small", latent_dim=LATENT, n_fcomb=FCOMB)
+            model = build_model(variant, latent_dim=LATENT, n_fcomb=FCOMB)
             if kind == "source":
                 strategy = SupervisedStrategy(model, patches, val, batch_size=args.batch)
             else:
@@ -305,7 +309,8 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
             ("teacher: UNet + prior + 16 samples + consensus (no grad)", "mt",
              med(lambda: pseudo_labels(mt.teacher, xb, mt.cfg.pseudo)))]
     rows += [(f"student {k}", "both", v) for k, v in nets.items()]
-    rows += [("student fcomb + dice + KL + L2 forward", "both", med(lambda: (forward_parts(), loss_part())) - sum(nets.values())),
+    forward_parts()
+    rows += [("student fcomb + dice + KL + L2 forward", "both", med(loss_part)),
              ("backward (all modules)", "both", 1000 * statistics.median(backward() for _ in range(args.steps))),
              ("optimizer (Adam)", "both", med(opt.step)),
              ("EMA update", "mt", med(lambda: ema_update(mt.teacher, mt.model, 0.99))),
@@ -350,20 +355,25 @@ def cli_times(args) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         src_img, src_lab = write_dataset(Path(tmp) / "src", n_images=20, shape=(256, 256), domain="source")
-        tgt_img, _ = write_dataset(Path(tmp) / "tgt", n_images=20, shape=(256, 256), domain="dim-gradient")
+        # a shift a 40-iteration source model adapts to without collapsing (on dim-gradient it stops, as it should)
+        tgt_img, _ = write_dataset(Path(tmp) / "tgt", n_images=20, shape=(256, 256), domain="appearance")
         common = ["--patch-size", str(args.patch), "--batch-size", str(args.batch), "-q"]
 
         def wall(cmd: list[str]) -> float:
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True)
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stdout[-1500:]}{res.stderr[-1500:]}")
             return time.perf_counter() - t0
 
-        train = [probda, "train", "-i", str(src_img), "-l", str(src_lab), "--val-every", "20", *common]
-        for n in (2, args.cli):
-            out[f"train_{n}"] = wall([*train, "-o", f"{tmp}/train{n}", "--iterations", str(n)])
-        adapt = [probda, "adapt", f"{tmp}/train{args.cli}/best.pt", "--target", str(tgt_img), "--val-every", "20", *common]
-        for n in (2, args.cli):
-            out[f"adapt_{n}"] = wall([*adapt, "-o", f"{tmp}/adapt{n}", "--iterations", str(n)])
+        for model in PROBDA_VARIANTS:
+            train = [probda, "train", "-i", str(src_img), "-l", str(src_lab), "--val-every", "20", "--model", model, *common]
+            for n in (2, args.cli):
+                out[f"{model} train_{n}"] = wall([*train, "-o", f"{tmp}/{model}-train{n}", "--iterations", str(n)])
+            adapt = [probda, "adapt", f"{tmp}/{model}-train{args.cli}/best.pt", "--target", str(tgt_img), "--val-every", "20",
+                     *common]
+            for n in (2, args.cli):
+                out[f"{model} adapt_{n}"] = wall([*adapt, "-o", f"{tmp}/{model}-adapt{n}", "--iterations", str(n)])
     return out
 
 
@@ -372,19 +382,20 @@ def main() -> None:
     if args.child == "torch-em":
         print(json.dumps(torch_em_child(args)))
         return
-    if args.child == "probda":
-        print(json.dumps(probda_child(args)))
+    if args.child in PROBDA_VARIANTS:
+        print(json.dumps(probda_child(args, args.child)))
         return
-    if not args.probda_only and not args.torch_em:
+    if not (args.probda_only or args.skip_steps) and not args.torch_em:
         raise SystemExit("pass --torch-em VENV (see .ci/torch_em_crosscheck.sh) or --probda-only")
-    runs: dict[str, list[dict]] = {"torch-em": [], "probda": []}
+    engines = [] if args.skip_steps else ([] if args.probda_only else ["torch-em"]) + list(PROBDA_VARIANTS)
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
     for r in range(args.rounds):
-        if not args.probda_only:
-            say(f"round {r + 1}/{args.rounds}: torch-em")
-            runs["torch-em"].append(run_child("torch-em", args, str(Path(args.torch_em) / "bin" / "python")))
-        say(f"round {r + 1}/{args.rounds}: probda")
-        runs["probda"].append(run_child("probda", args, sys.executable))
-    report(runs, args)
+        for engine in engines:
+            say(f"round {r + 1}/{args.rounds}: {engine}")
+            python = str(Path(args.torch_em) / "bin" / "python") if engine == "torch-em" else sys.executable
+            runs[engine].append(run_child(engine, args, python))
+    if engines:
+        report(runs, args)
     if args.profile:
         say("profile of probda's steps")
         print_profile(profile_breakdown(args), args)
@@ -393,30 +404,30 @@ def main() -> None:
         c = cli_times(args)
         n = args.cli - 2
         print(f"\n## The real commands, {args.batch} x {args.patch} px, {args.cli} iterations (minus a 2-iteration run)\n")
-        print("| command | wall, N it | wall, 2 it | s/it (difference) |")
+        print(f"| command | wall, {args.cli} it | wall, 2 it | s/it (difference) |")
         print("|---|---|---|---|")
-        for cmd in ("train", "adapt"):
-            a, b = c[f"{cmd}_{args.cli}"], c[f"{cmd}_2"]
-            print(f"| probda {cmd} | {a:.1f} s | {b:.1f} s | {(a - b) / n:.3f} |")
+        for model in PROBDA_VARIANTS:
+            for cmd in ("train", "adapt"):
+                a, b = c[f"{model} {cmd}_{args.cli}"], c[f"{model} {cmd}_2"]
+                print(f"| probda {cmd} ({model}) | {a:.1f} s | {b:.1f} s | {(a - b) / n:.3f} |")
 
 
 def report(runs: dict, args) -> None:
-    p = runs["probda"][0]
-    print(f"\n## Step time: batch {args.batch}, {args.patch} px, {args.threads} threads, torch {p['torch']}, "
-          f"{args.rounds} rounds x {args.steps} steps\n")
-    print("| step | torch-em s/it | probda s/it | speed-up | torch-em GFLOP/step | probda GFLOP/step "
-          "| torch-em GFLOP/s | probda GFLOP/s | GFLOP/s ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    first = runs["punet-small"][0]
+    print(f"\n## Step time: batch {args.batch}, {args.patch} px, {args.threads} threads, torch {first['torch']}, "
+          f"{args.rounds} rounds x {args.steps} steps (median)\n")
+    print("| step | engine | s/it | speed-up vs torch-em | GFLOP/step | GFLOP/s | GFLOP/s vs torch-em |")
+    print("|---|---|---|---|---|---|---|")
     for kind, label in (("source", "source ELBO"), ("mt", "Mean Teacher (16 samples, masking)")):
-        pr = statistics.median(t for run in runs["probda"] for t in run[kind])
-        pg = p[f"{kind}_gflop"]
-        if runs["torch-em"]:
-            te = statistics.median(t for run in runs["torch-em"] for t in run[kind])
-            tg = runs["torch-em"][0][f"{kind}_gflop"]
-            print(f"| {label} | {te:.3f} | {pr:.3f} | {te / pr:.2f}x | {tg:.2f} | {pg:.2f} | {tg / te:.1f} | {pg / pr:.1f} "
-                  f"| {(pg / pr) / (tg / te):.2f} |")
-        else:
-            print(f"| {label} | - | {pr:.3f} | - | - | {pg:.2f} | - | {pg / pr:.1f} | - |")
+        ref = None
+        for engine, engine_runs in runs.items():
+            sec = statistics.median(t for run in engine_runs for t in run[kind])
+            gflop = engine_runs[0][f"{kind}_gflop"]
+            if engine == "torch-em":
+                ref = (sec, gflop / sec)
+            vs = (f"{ref[0] / sec:.2f}x", f"{gflop / sec / ref[1]:.2f}") if ref else ("-", "-")
+            name = "torch-em 0.10.9" if engine == "torch-em" else f"probda {engine}"
+            print(f"| {label} | {name} | {sec:.3f} | {vs[0]} | {gflop:.1f} | {gflop / sec:.1f} | {vs[1]} |")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ def train(
     images: Annotated[Path, typer.Option("-i", "--images", help="Folder (or file/glob) of training images.")],
     labels: Annotated[Optional[Path], typer.Option("-l", "--labels", help="Labels folder (same stem, or NAME_masks/_labels); default: label files next to the images.")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run folder; default ./runs/train-<timestamp>/.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="punet | unet | punet-small | unet-small [default: punet-small].")] = None,
-    convs_per_block: Annotated[Optional[int], typer.Option("--convs-per-block", min=1, help="3x3 convs per level of the UNet and the prior/posterior nets [default: 3, the paper's]; 2 = ~1/3 fewer FLOPs per step, as torch-em's UNet.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="punet | unet | punet-small | punet-small-fast (prior/posterior nets at half width, ~0.7x step time) | unet-small [default: punet-small].")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with training options (command-line flags win).")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Total training iterations [default: 2000].")] = None,
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Patch size in px, multiple of 8 [default: 256 on CUDA, 128 on CPU].")] = None,
@@ -42,8 +41,6 @@ def train(
     flags = dict(model=model, iterations=iterations, patch_size=patch_size, batch_size=batch_size, lr=lr,
                  augment=augment, normalization=normalization, val_fraction=val_fraction, val_every=val_every, seed=seed)
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    if convs_per_block is not None:
-        model_options = {**model_options, "convs_per_block": convs_per_block}
     dev = resolve_device(device)
     if patch_size is None and "patch_size" not in (_toml_keys(config) if config else set()) and dev == "cpu":
         cfg = replace(cfg, patch_size=128)  # CPU budget: 4x cheaper steps than 256 px

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .blocks import init_conv, init_orthogonal, pad_to_multiple
 from .unet import UNetTrunk
 
@@ -38,17 +39,35 @@ class PUNetConfig:
     # Explicit filters per level (reference checkpoints, e.g. [32, 64, 128, 192]);
     # None = initial_features * 2**i. num_filters[0] must equal initial_features.
     num_filters: tuple[int, ...] | None = None
+    # Filters per level of the prior and posterior nets; None = the UNet's (paper). They only
+    # produce the 6-d latent, so narrower ones keep the UNet, its receptive field and the tiling.
+    gaussian_filters: tuple[int, ...] | None = None
 
     @classmethod
     def small(cls) -> "PUNetConfig":
         """CPU-sized configuration: 16, 32, 64, 128 filters."""
         return replace(cls(), initial_features=16)
 
+    @classmethod
+    def small_fast(cls) -> "PUNetConfig":
+        """The small configuration with prior and posterior nets at half width (8, 16, 32, 64):
+        a training step costs ~0.7x (benchmarks/RESULTS.md, "Training speed")."""
+        return replace(cls.small(), gaussian_filters=(8, 16, 32, 64))
+
     @property
     def filters(self) -> list[int]:
         if self.num_filters is not None:
             return [int(f) for f in self.num_filters]
         return [self.initial_features * 2**i for i in range(self.depth)]
+
+    @property
+    def prior_filters(self) -> list[int]:
+        """Filters per level of the prior and posterior nets."""
+        if self.gaussian_filters is None:
+            return self.filters
+        if len(self.gaussian_filters) != self.depth:
+            raise ConfigError(f"gaussian_filters {list(self.gaussian_filters)} needs one entry per level ({self.depth}, the depth)")
+        return [int(f) for f in self.gaussian_filters]
 
     @property
     def size_multiple(self) -> int:
@@ -198,10 +217,10 @@ class PUNet(nn.Module):
         self.config = config
         c = config
         self.unet = UNetTrunk(c.in_channels, c.filters, convs_per_block=c.convs_per_block, align_corners=c.align_corners)
-        self.prior = GaussianEncoder(c.in_channels, c.filters, c.latent_dim, convs_per_block=c.convs_per_block, padding=c.gaussian_padding)
-        self.posterior = GaussianEncoder(
-            c.in_channels + c.num_classes, c.filters, c.latent_dim, convs_per_block=c.convs_per_block, padding=c.gaussian_padding
-        )
+        self.prior = GaussianEncoder(c.in_channels, c.prior_filters, c.latent_dim, convs_per_block=c.convs_per_block,
+                                     padding=c.gaussian_padding)
+        self.posterior = GaussianEncoder(c.in_channels + c.num_classes, c.prior_filters, c.latent_dim,
+                                         convs_per_block=c.convs_per_block, padding=c.gaussian_padding)
         self.fcomb = Fcomb(c.initial_features, c.latent_dim, c.num_classes, c.n_fcomb)
 
     def min_side(self) -> int:
