@@ -1,7 +1,7 @@
 """Does adaptation help? Target dice over several synthetic shifts, seeds and methods.
 
     python benchmarks/adaptation.py [--out benchmarks/_adaptation] [--seeds 0 1 2]
-        [--shifts appearance dim-gradient ...] [--rows all|core] [--quick]
+        [--shifts appearance dim-gradient ...] [--rows all|core|masking] [--punet punet-small] [--quick]
 
 For every shift the table first prints its preconditions, measured with the PUNet
 source model on the labeled target test images: source dice, the share of error
@@ -53,7 +53,7 @@ ADAPT_ROWS = {
     "PUNet FixMatch masking (alignment)": ("punet", replace(MT, strategy="fixmatch")),
     "PUNet joint AdaMT masking": ("punet", replace(MT, joint=True)),
 }
-CORE = ("PUNet mean-teacher masking", "PUNet mean-teacher none")
+ROW_SETS = {"core": ("PUNet mean-teacher masking", "PUNet mean-teacher none"), "masking": ("PUNet mean-teacher masking",)}
 
 
 def otsu(img: np.ndarray) -> np.ndarray:
@@ -109,13 +109,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/_adaptation"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--shifts", nargs="+", default=list(SHIFTS))
-    ap.add_argument("--rows", choices=("all", "core"), default="all")
+    ap.add_argument("--rows", choices=("all", *ROW_SETS), default="all")
+    ap.add_argument("--punet", default="punet-small", help="PUNet variant of the source model (e.g. punet-small-fast)")
     ap.add_argument("--quick", action="store_true", help="tiny budget smoke run")
     args = ap.parse_args()
     torch.set_num_threads(2)
     n, size, it_src = (4, 96, 20) if args.quick else (12, 192, 200)
     it_ad = 10 if args.quick else MT.iterations
-    rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in CORE}
+    rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in ROW_SETS[args.rows]}
     results: dict = {}  # (shift, row) -> list of dice; plus checks
     checks = {"verdict": [], "selection": []}
     pre: dict = {}
@@ -124,7 +125,7 @@ def main() -> None:
         root = args.out / f"seed{seed}"
         src_img, src_lab = write_dataset(root / "source", n_images=n, shape=(size, size), domain="source", seed=seed)
         sources = {}
-        for kind, model in (("punet", "punet-small"), ("unet", "unet-small")):
+        for kind, model in (("punet", args.punet), ("unet", "unet-small")):
             cfg = TrainConfig(model=model, iterations=it_src, batch_size=4, patch_size=96, lr=1e-3,
                               val_every=max(10, it_src // 2), seed=seed)
             run = root / f"source_{kind}"
@@ -166,6 +167,7 @@ def main() -> None:
                       f"label-free pick = true-dice pick: {agrees}, {time.perf_counter() - t:.0f}s", flush=True)
     print(f"\n{n} source / {n} target train images and {max(2, n // 2)} target test images of {size}x{size} per seed; "
           f"seeds {args.seeds}; source {it_src} it, adaptation {it_ad} it (patch 96, batch 4); "
+          f"PUNet {args.punet}; "
           f"total {time.perf_counter() - t_all:.0f}s\n")
     _print_table(args.shifts, results, pre, ["Otsu threshold", "UNet source", "PUNet source", *rows])
     for key, vals in checks.items():

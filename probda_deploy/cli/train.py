@@ -16,7 +16,7 @@ def train(
     images: Annotated[Path, typer.Option("-i", "--images", help="Folder (or file/glob) of training images.")],
     labels: Annotated[Optional[Path], typer.Option("-l", "--labels", help="Labels folder (same stem, or NAME_masks/_labels); default: label files next to the images.")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run folder; default ./runs/train-<timestamp>/.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="punet | unet | punet-small | unet-small [default: punet-small].")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="punet | unet | punet-small | punet-small-fast (prior/posterior nets at half width, ~0.7x step time) | unet-small [default: punet-small].")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with training options (command-line flags win).")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Total training iterations [default: 2000].")] = None,
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Patch size in px, multiple of 8 [default: 256 on CUDA, 128 on CPU].")] = None,

@@ -200,7 +200,7 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
     if isinstance(model, UNet):
         _export(UNetGraph(model), (image,), img_axes, ["image"], ["prob"], folder / "model.onnx", opset)
         return {"model": _graph("model.onnx", {"image": image_shape}, {"prob": image_shape})}
-    c, cp, L = cfg.initial_features, cfg.filters[-1], cfg.latent_dim
+    c, cp, L = cfg.initial_features, model.prior.conv_layer.in_channels, cfg.latent_dim
     _export(EncoderGraph(model), (image,), img_axes, ["image"], ["features"], folder / "encoder.onnx", opset)
     _export(PriorTrunkGraph(model), (image,), img_axes, ["image"], ["prior_features"], folder / "prior.onnx", opset)
     write_prior_head(model.prior.conv_layer, L, folder / "prior_head.onnx", opset=opset)

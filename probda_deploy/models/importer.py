@@ -251,13 +251,14 @@ def infer_reference_config(state: dict, *, where: str = "checkpoint") -> PUNetCo
     in_channels = first[0][1][1]
     latent, num_classes, n_fcomb = _head_dims(state, where)
     g_filters, g_convs, _ = _gaussian_filters(state, "prior", where, depth)
-    if g_filters != filters or g_convs != len(first):
-        raise CheckpointError(f"{where}: prior encoder filters {g_filters} differ from the UNet's {filters}; unsupported")
+    if g_convs != len(first):
+        raise CheckpointError(f"{where}: the prior encoder has {g_convs} convs per level and the UNet {len(first)}; unsupported")
     doubling = [filters[0] * 2**i for i in range(depth)]
     return PUNetConfig(
         in_channels=in_channels, num_classes=num_classes, depth=depth, initial_features=filters[0],
         latent_dim=latent, n_fcomb=n_fcomb, convs_per_block=len(first), align_corners=True,
         gaussian_padding=1, num_filters=None if filters == doubling else tuple(filters),
+        gaussian_filters=None if g_filters == filters else tuple(g_filters),
     )
 
 

@@ -20,6 +20,7 @@ MODEL_CLASSES = {
 MODEL_VARIANTS = {
     "punet": ("PUNet", PUNetConfig()),
     "punet-small": ("PUNet", PUNetConfig.small()),
+    "punet-small-fast": ("PUNet", PUNetConfig.small_fast()),
     "unet": ("UNet", UNetConfig()),
     "unet-small": ("UNet", UNetConfig.small()),
 }

@@ -132,11 +132,11 @@ class SelfTrainingStrategy:
     def parameters(self):
         return list(self.model.parameters())
 
-    def to(self, device):
+    def to(self, device, memory_format=torch.contiguous_format):
         self.device = torch.device(device)
-        self.model.to(device)
+        self.model.to(device, memory_format=memory_format)
         if self.teacher is not None:
-            self.teacher.to(device)
+            self.teacher.to(device, memory_format=memory_format)
 
     def sample_batch(self, rng):
         x, _ = self.target.sample(rng, self.cfg.batch_size)

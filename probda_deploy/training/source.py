@@ -43,9 +43,9 @@ class SupervisedStrategy:
     def parameters(self):
         return list(self.model.parameters())
 
-    def to(self, device):
+    def to(self, device, memory_format=torch.contiguous_format):
         self.device = torch.device(device)
-        self.model.to(device)
+        self.model.to(device, memory_format=memory_format)
 
     def sample_batch(self, rng):
         x, y = self.sampler.sample(rng, self.batch_size)

@@ -33,6 +33,34 @@ def test_train_then_info_then_resume(source_data, tmp_path):
     assert load_checkpoint(run / "latest.pt")["iteration"] == 6
 
 
+def test_train_fast_variant_has_narrow_latent_nets_and_exports(source_data, tmp_path):
+    """--model punet-small-fast: prior/posterior at half width, UNet unchanged; export runs its torch parity check."""
+    import numpy as np
+
+    from probda_deploy.exporters import export_onnx
+    from probda_deploy.models.checkpoint import model_from_checkpoint
+    from probda_deploy.runtime import OnnxSampler
+
+    images, labels = source_data
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "-i", str(images), "-l", str(labels), "-o", str(run), "--model", "punet-small-fast",
+                              "--iterations", "2", "--patch-size", "32", "--val-every", "2", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    ckpt = load_checkpoint(run / "latest.pt")
+    assert list(ckpt["model_config"]["gaussian_filters"]) == [8, 16, 32, 64]
+    model = model_from_checkpoint(ckpt)
+    assert model.prior.conv_layer.in_channels == model.posterior.conv_layer.in_channels == 64
+    assert model.fcomb.features == 16 and model.config.filters == [16, 32, 64, 128]
+    folder = export_onnx(run / "latest.pt", tmp_path / "m.probda")
+    img = np.random.default_rng(0).normal(size=(40, 56)).astype(np.float32)
+    got = OnnxSampler(folder, device="cpu").predict(img, k=4, seed=0, tile=None)
+    assert got["prob"].shape == img.shape and np.isfinite(got["prob"]).all()
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[model_options]\ndepth = 3\n")
+    bad = runner.invoke(app, ["train", "-i", str(images), "-l", str(labels), "--model", "punet-small-fast", "--config", str(cfg)])
+    assert bad.exit_code == 1 and "needs one entry per level (3, the depth)" in bad.output
+
+
 def test_train_bad_inputs_are_one_line(tmp_path, source_data):
     res = runner.invoke(app, ["train", "-i", str(tmp_path / "nope"), "-l", str(tmp_path)])
     assert res.exit_code == 1 and "no such file or folder" in res.output

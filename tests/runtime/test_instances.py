@@ -1,0 +1,79 @@
+"""Instance separation (seeded watershed) and the per-object uncertainty table."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from probda_deploy.runtime.instances import (OBJECT_COLUMNS, InstanceConfig, least_certain, object_table,
+                                             separate_instances, write_object_csv)
+
+
+def _ellipse(shape, cy, cx, ry, rx):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+
+def _soft(mask):
+    return np.where(mask, 0.9, 0.05).astype(np.float32)
+
+
+def test_two_touching_discs_are_two_objects():
+    a, b = _ellipse((64, 80), 32, 25, 12, 12), _ellipse((64, 80), 32, 47, 12, 12)  # overlapping by 2 px
+    assert (a & b).any()
+    labels = separate_instances(_soft(a | b))
+    assert labels.dtype == np.uint16 and labels.max() == 2
+    ids_a, ids_b = np.unique(labels[a & ~b]), np.unique(labels[b & ~a])
+    assert len(ids_a) == 1 and len(ids_b) == 1 and ids_a[0] != ids_b[0] and 0 not in (ids_a[0], ids_b[0])
+    assert (labels > 0).sum() == (a | b).sum()  # the watershed keeps every mask pixel
+
+
+def test_a_chain_of_three_touching_ellipses_is_three_objects():
+    shape = (60, 120)
+    parts = [_ellipse(shape, 30, cx, 10, 16) for cx in (25, 55, 85)]  # long axis along the chain
+    mask = parts[0] | parts[1] | parts[2]
+    from scipy import ndimage
+
+    assert ndimage.label(mask)[1] == 1  # one connected component
+    labels = separate_instances(_soft(mask))
+    assert labels.max() == 3
+    centre_ids = [labels[30, cx] for cx in (25, 55, 85)]
+    assert len(set(centre_ids)) == 3 and 0 not in centre_ids
+
+
+def test_lone_specks_below_min_size_vanish_and_empty_input_gives_no_objects():
+    mask = _ellipse((40, 40), 20, 20, 8, 8)
+    mask[2, 2] = mask[2, 3] = True  # 2-px speck
+    labels = separate_instances(_soft(mask), InstanceConfig(min_size=15))
+    assert labels.max() == 1 and labels[2, 2] == 0
+    assert separate_instances(np.zeros((8, 8), np.float32)).max() == 0
+    with pytest.raises(ValueError, match="threshold"):
+        separate_instances(np.zeros((8, 8), np.float32), InstanceConfig(threshold=1.5))
+
+
+def test_object_table_matches_a_hand_computation(tmp_path):
+    labels = np.zeros((4, 6), np.uint16)
+    labels[0:2, 0:2] = 1  # 4 px, centroid (0.5, 0.5)
+    labels[1:4, 4] = 2  # 3 px, centroid (2, 4)
+    prob = np.full((4, 6), 0.1, np.float32)
+    prob[0, 0], prob[0, 1], prob[1, 0], prob[1, 1] = 0.6, 0.8, 0.7, 0.9  # mean 0.75
+    consensus = np.ones((4, 6), np.float32)
+    consensus[1:4, 4] = [0.25, 0.5, 0.0]  # mean 0.25 -> uncertain
+    std = np.zeros((4, 6), np.float32)
+    std[1:4, 4] = 0.3
+    rows = object_table(labels, {"prob": prob, "consensus": consensus, "std": std}, disagree=0.5)
+    assert [r["id"] for r in rows] == [1, 2]
+    one, two = rows
+    assert (one["area"], one["centroid_y"], one["centroid_x"]) == (4, 0.5, 0.5)
+    assert one["mean_prob"] == pytest.approx(0.75) and one["mean_consensus"] == 1.0 and not one["uncertain"]
+    assert (two["area"], two["centroid_y"], two["centroid_x"]) == (3, 2.0, 4.0)
+    assert two["mean_consensus"] == pytest.approx(0.25) and two["mean_std"] == pytest.approx(0.3) and two["uncertain"]
+    assert least_certain(rows, 1)[0]["id"] == 2
+    path = write_object_csv(tmp_path / "img_objects.csv", rows)
+    read = list(csv.DictReader(open(path)))
+    assert tuple(read[0]) == OBJECT_COLUMNS
+    assert read[1] == {"id": "2", "centroid_y": "2.0000", "centroid_x": "4.0000", "area": "3", "mean_prob": "0.1000",
+                       "mean_consensus": "0.2500", "mean_std": "0.3000", "uncertain": "1"}
+    assert not list(tmp_path.glob(".*.tmp"))
