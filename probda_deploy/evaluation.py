@@ -28,17 +28,21 @@ from .data.io import list_images, read_image, read_label
 from .data.pairs import match_labels
 from .errors import ConfigError, LabelMatchError, ProbdaError
 from .files import write_text_atomic
-from .metrics import CalibrationBins, image_metrics
+from .metrics import CalibrationBins, image_metrics, object_metrics
+from .runtime.instances import InstanceConfig, separate_instances
 
 log = logging.getLogger(__name__)
 
-ROW_FIELDS = ("name", "dice_hard", "dice_soft", "iou", "foreground_pred", "foreground_true", "mean_consensus")
+ROW_FIELDS = ("name", "dice_hard", "dice_soft", "iou", "foreground_pred", "foreground_true", "mean_consensus",
+              "object_f1_50", "object_f1_50_95", "panoptic_quality")
 METRICS = ROW_FIELDS[1:]
+OBJECT_METRICS = ("object_f1_50", "object_f1_50_95", "panoptic_quality")  # instance labels only
 
 
 def summary_key(metric: str) -> str:
-    """Key of a per-image metric's mean in the summary: dice_hard -> mean_dice_hard, mean_consensus stays."""
-    return metric if metric.startswith("mean_") else f"mean_{metric}"
+    """Key of a per-image metric's mean in the summary: dice_hard -> mean_dice_hard; mean_consensus and the
+    object metrics (object_f1_50, ...: means over images with instance labels) keep their names."""
+    return metric if metric.startswith("mean_") or metric in OBJECT_METRICS else f"mean_{metric}"
 Predictor = Callable[[np.ndarray, str], dict[str, np.ndarray]]  # (image (H, W) or (Z, H, W), file name) -> maps
 
 
@@ -53,6 +57,9 @@ class ImageRow:
     foreground_pred: float
     foreground_true: float | None
     mean_consensus: float
+    object_f1_50: float | None = None
+    object_f1_50_95: float | None = None
+    panoptic_quality: float | None = None
     image: str = ""
     label: str = ""
 
@@ -208,7 +215,8 @@ def _pairs(images, labels) -> tuple[list[tuple[Path, Path | None]], list[tuple[s
 def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, threshold: float,
                   calib: CalibrationBins) -> tuple[ImageRow, ImageMaps]:
     image = read_image(img_path)
-    label = None if lab_path is None else read_label(lab_path, shape=image.shape, image_path=img_path)
+    ids = None if lab_path is None else read_label(lab_path, shape=image.shape, image_path=img_path, binary=False)
+    label = None if ids is None else (ids != 0).astype(np.float32)
     slices = image[None] if image.ndim == 2 else image
     maps = predict(image, img_path.name)  # (Z, H, W) maps of stacks, (H, W) of 2D images
     maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32) for key in ("prob", "consensus", "std")}
@@ -220,12 +228,21 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, thr
         lab = label[None] if label.ndim == 2 else label
         metrics = image_metrics(maps["prob"], lab, threshold)
         values.update({k: metrics[k] for k in ("dice_hard", "dice_soft", "iou", "foreground_true")})
+        if ids.max() > 1:  # instance labels: objects of the prediction (seeded watershed) against them
+            values.update(_object_values(maps["prob"], ids[None] if ids.ndim == 2 else ids, threshold))
         calib.update(maps["prob"], maps["consensus"], lab, threshold=threshold)
     row = ImageRow(name=img_path.name, image=str(img_path), label="" if lab_path is None else str(lab_path), **values)
     z = len(slices) // 2
     kept = ImageMaps(image=slices[z], prob=maps["prob"][z], consensus=maps["consensus"][z], std=maps["std"][z],
                      label=None if label is None else (label[None] if label.ndim == 2 else label)[z])
     return row, kept
+
+
+def _object_values(prob: np.ndarray, ids: np.ndarray, threshold: float) -> dict[str, float]:
+    """Object F1 at IoU 0.5, mean F1 over IoU 0.5-0.95 and panoptic quality of (Z, H, W) maps, averaged over slices."""
+    cfg = InstanceConfig(threshold=threshold)
+    per_slice = [object_metrics(separate_instances(p, cfg), t) for p, t in zip(prob, ids)]
+    return {k: float(np.mean([m[k] for m in per_slice])) for k in OBJECT_METRICS}
 
 
 def _prune_maps(report: EvalReport, keep: int, pinned: set[str]) -> None:

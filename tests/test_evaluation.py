@@ -125,3 +125,26 @@ def test_export_folder_matches_checkpoint(data, tmp_path_factory):
     for name in a.maps:  # one engine, one consensus rule: the maps themselves agree
         for key in ("prob", "consensus", "std"):
             np.testing.assert_allclose(getattr(a.maps[name], key), getattr(b.maps[name], key), atol=1e-5, err_msg=key)
+
+
+def test_instance_labels_add_object_metrics_and_binary_labels_do_not(tmp_path):
+    import tifffile
+
+    yy, xx = np.mgrid[:64, :64]
+    ids = np.zeros((64, 64), np.uint16)
+    for i, (cy, cx) in enumerate(((16, 16), (16, 46), (46, 30)), start=1):
+        ids[(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = i
+    (tmp_path / "img").mkdir()
+    (tmp_path / "inst").mkdir()
+    (tmp_path / "bin").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "a.tif", (ids > 0).astype(np.float32) * 100 + 10)
+    tifffile.imwrite(tmp_path / "inst" / "a.tif", ids)
+    tifffile.imwrite(tmp_path / "bin" / "a.tif", (ids > 0).astype(np.uint8))
+    inst = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu")
+    assert inst.rows[0].dice_hard == 1.0
+    assert inst.summary["object_f1_50"] == inst.summary["object_f1_50_95"] == inst.summary["panoptic_quality"] == 1.0
+    binary = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "bin", device="cpu")
+    assert binary.rows[0].dice_hard == 1.0 and binary.summary["object_f1_50"] is None
+    csv_path, json_path = write_eval(inst, tmp_path / "eval")
+    assert json.loads(json_path.read_text())["object_f1_50"] == 1.0
+    assert "object_f1_50" in next(csv.DictReader(open(csv_path)))

@@ -82,9 +82,7 @@ def test_cycle_finder_sees_lazy_imports():
     assert find_cycle({"p": {"p.x"}, "p.x": {"q"}, "q": set()}) == []
 
 
-# Known part-level edge to remove: models/punet.py imports exporters.graphs.receptive_radius (lazily) while
-# exporters import models; receptive_radius belongs below both. Listed here so that no new circle goes unseen.
-KNOWN = {("probda_deploy.models.punet", "probda_deploy.exporters.graphs")}
+KNOWN: set[tuple[str, str]] = set()  # accepted part-level edges that would close a circle: none
 
 
 def test_no_cycles_between_parts():

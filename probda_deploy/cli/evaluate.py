@@ -70,7 +70,8 @@ def _run(evaluate_model, model, images, labels, *, quiet: bool, what: str, repor
 
 
 HEADERS = {"dice_hard": "dice", "dice_soft": "soft dice", "iou": "IoU", "foreground_pred": "fg pred",
-           "foreground_true": "fg true", "mean_consensus": "consensus"}
+           "foreground_true": "fg true", "mean_consensus": "consensus", "object_f1_50": "F1@0.5",
+           "object_f1_50_95": "F1@.5:.95", "panoptic_quality": "PQ"}
 
 
 def _fmt(value) -> str:
@@ -80,11 +81,15 @@ def _fmt(value) -> str:
 def _table(result, other) -> None:
     from rich.table import Table
 
-    from ..evaluation import METRICS, summary_key
+    from ..evaluation import METRICS, OBJECT_METRICS, summary_key
 
     table = Table(title=f"{result.model} ({result.kind}, K={result.samples})", title_justify="left",
                   caption="diff: dice - dice of the --compare model" if other is not None else None, caption_justify="left")
     keys = METRICS if other is None else ("dice_hard", "dice_soft", "iou", "mean_consensus")  # fit 80 columns
+    if other is None:  # object columns only with instance labels; the pixel ones that fit beside them
+        has_objects = result.summary["object_f1_50"] is not None
+        keys = ("dice_hard", "iou", "mean_consensus", *OBJECT_METRICS) if has_objects else \
+            tuple(k for k in METRICS if k not in OBJECT_METRICS)
     table.add_column("image", style="bold", overflow="fold", min_width=11)
     for key in keys:
         table.add_column(HEADERS[key], justify="right", no_wrap=True)

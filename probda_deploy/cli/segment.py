@@ -34,7 +34,8 @@ def segment(
     halo: Annotated[Optional[int], typer.Option(min=0, help="Context around each tile (default: the network's receptive field).")] = None,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda (onnxruntime execution provider).")] = Device.auto,
     threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime intra-op threads (default: physical cores).")] = None,
-    outputs: Annotated[str, typer.Option(help="Comma-separated subset of mask,prob,consensus,std,labels.")] = "mask,prob,consensus,std",
+    outputs: Annotated[str, typer.Option(help="Comma-separated subset of mask,prob,consensus,std,labels,instances,objects.")] = "mask,prob,consensus,std",
+    instances: Annotated[bool, typer.Option("--instances", help="Also one id per object (NAME_instances.tif, seeded watershed) and the per-object table NAME_objects.csv (TIFF outputs).")] = False,
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Mask threshold on the mean probability (default 0.5).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the latent draws (combined with each file name).")] = 0,
     normalize: Annotated[str, typer.Option(help="Standardisation: image (whole image), tile, or none.")] = "image",
@@ -46,13 +47,13 @@ def segment(
     preview: Annotated[bool, typer.Option("--preview", help="Also write OUT_DIR/preview/NAME.png: image, mask outline (red), low-consensus pixels (yellow).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
 ) -> None:
-    """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif)."""
+    """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif, NAME_instances.tif, NAME_objects.csv)."""
     setup_logging(quiet)
     from ..errors import ConfigError
     from ..runtime.batch import segment as run_segment
-    from ..runtime.outputs import parse_outputs
+    from ..runtime.outputs import INSTANCE_OUTPUTS, parse_outputs
 
-    parse_outputs(outputs)
+    outputs = ",".join(dict.fromkeys([*parse_outputs(outputs), *(INSTANCE_OUTPUTS if instances else ())]))
     inputs = [*(inputs or []), *(more or [])]
     if not inputs:
         raise ConfigError("no inputs; give image files, folders or globs with -i (or after MODEL)")

@@ -126,8 +126,9 @@ def read_image(path: str | Path, *, allow_stack: bool = True) -> np.ndarray:
     return out
 
 
-def read_label(path: str | Path, *, shape: tuple[int, ...] | None = None, image_path: str | Path | None = None) -> np.ndarray:
-    """Read an instance or binary label image as a binary float32 mask (label != 0).
+def read_label(path: str | Path, *, shape: tuple[int, ...] | None = None, image_path: str | Path | None = None,
+               binary: bool = True) -> np.ndarray:
+    """Read an instance or binary label image as a binary float32 mask (label != 0), or its ids (binary=False: uint32).
 
     Raises:
         ImageReadError: unreadable, non-integer-valued, negative, or shape mismatch.
@@ -148,7 +149,7 @@ def read_label(path: str | Path, *, shape: tuple[int, ...] | None = None, image_
     if shape is not None and tuple(arr.shape) != tuple(shape):
         against = f" image {image_path}" if image_path else " image"
         raise ImageReadError(f"{path}: label shape {tuple(arr.shape)} != {against.strip()} shape {tuple(shape)}; check --labels")
-    return (arr != 0).astype(np.float32)
+    return (arr != 0).astype(np.float32) if binary else arr.astype(np.uint32)
 
 
 def list_images(inputs: str | Path | list[str | Path], *, what: str = "images") -> list[Path]:

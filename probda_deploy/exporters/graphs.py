@@ -117,15 +117,3 @@ def write_prior_head(conv: nn.Conv2d, latent_dim: int, path: Path, *, opset: int
     onnx.save(proto, str(path))
 
 
-def receptive_radius(depth: int, convs_per_block: int) -> tuple[int, int]:
-    """Upper bounds of the receptive-field radius (input pixels) of the UNet and the prior trunk.
-
-    conv3x3 at level j adds 2**j; a 2x2 average pool from level j adds 2**j; a
-    bilinear x2 upsampling into level j adds 2**(j+1).
-
-    Returns:
-        (unet_radius, prior_trunk_radius).
-    """
-    down = sum(convs_per_block * 2**j for j in range(depth)) + sum(2**j for j in range(depth - 1))
-    up = sum(2 ** (j + 1) + convs_per_block * 2**j for j in range(depth - 1))
-    return down + up, down

@@ -36,7 +36,8 @@ from ..models.registry import model_spec
 from ..models.unet import UNet
 from ..runtime.consensus import RULES
 from ..runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file, write_manifest
-from .graphs import DecoderGraph, EncoderGraph, PriorTrunkGraph, UNetGraph, receptive_radius, write_prior_head
+from ..models.blocks import receptive_radius
+from .graphs import DecoderGraph, EncoderGraph, PriorTrunkGraph, UNetGraph, write_prior_head
 
 log = logging.getLogger(__name__)
 

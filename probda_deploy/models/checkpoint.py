@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.io import current_umask
+from ..files import atomic_path
 from ..errors import CheckpointError, ConfigError
 from .registry import model_from_spec, model_spec
 
@@ -47,20 +46,12 @@ def make_checkpoint(model: nn.Module, **extra: Any) -> dict:
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
-    """Write atomically: temp file in the same folder, fsync, rename."""
+    """Write atomically: temp file in the same folder, fsync, rename (files.atomic_path)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

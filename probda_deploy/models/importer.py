@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..runtime.manifest import sha256_file
+from ..files import sha256_file
 from .checkpoint import FORMAT, make_checkpoint
 from .punet import PUNetConfig
 from .registry import model_from_spec

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .blocks import init_conv, init_orthogonal, pad_to_multiple
+from .blocks import init_conv, init_orthogonal, pad_to_multiple, receptive_radius
 from .unet import UNetTrunk
 
 
@@ -89,9 +89,7 @@ class PUNetConfig:
         return "exact", ""
 
     def receptive_field(self) -> tuple[int, int]:
-        """(UNet radius, prior trunk radius) in input pixels, upper bounds (exporters.graphs.receptive_radius)."""
-        from ..exporters.graphs import receptive_radius
-
+        """(UNet radius, prior trunk radius) in input pixels, upper bounds (blocks.receptive_radius)."""
         return receptive_radius(self.depth, self.convs_per_block)
 
 

@@ -143,8 +143,9 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
     if k < 1:
         raise ConfigError(f"--samples {k}: need at least 1 sample")
     outputs = parse_outputs(outputs)
-    if fmt == "ome-zarr" and "labels" in outputs:
-        raise ConfigError("--outputs labels: connected components are not written to OME-Zarr; drop labels or use --format tif")
+    for kind in ("labels", "instances", "objects"):
+        if fmt == "ome-zarr" and kind in outputs:
+            raise ConfigError(f"--outputs {kind}: not written to OME-Zarr yet; drop {kind} or use --format tif")
     threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
     return SegmentOptions(
         model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..files import atomic_path
+
 OBJECT_COLUMNS = ("id", "centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain")
 
 
@@ -105,12 +107,11 @@ def least_certain(rows: list[dict], n: int = 10) -> list[dict]:
 
 
 def write_object_csv(path: str | Path, rows: list[dict]) -> Path:
-    """Write the object table as CSV (columns OBJECT_COLUMNS, floats with 4 decimals), atomically."""
-    from ..data.io import atomic_path
-
+    """Write the object table as CSV (columns OBJECT_COLUMNS, after `z` for stacks; floats with 4 decimals), atomically."""
     path = Path(path)
+    columns = (("z",) if rows and "z" in rows[0] else ()) + OBJECT_COLUMNS
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=OBJECT_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else int(v) if isinstance(v, bool) else v) for k, v in r.items()})

@@ -1,7 +1,8 @@
 """Output names of a batch: which files an input writes, in which format, and clashes between them.
 
 Per input `NAME.ext`: `NAME_mask.tif`, `NAME_prob.tif`, `NAME_consensus.tif`,
-`NAME_std.tif`, `NAME_labels.tif` (format "tif"), or `NAME.ome.zarr` ("ome-zarr");
+`NAME_std.tif`, `NAME_labels.tif`, `NAME_instances.tif`, `NAME_objects.csv` (format "tif"), or
+`NAME.ome.zarr` ("ome-zarr");
 "auto" picks OME-Zarr for zarr inputs and images above ZARR_AUTO_PIXELS.
 """
 
@@ -20,7 +21,8 @@ from .readers import is_zarr_path
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("mask", "prob", "consensus", "std", "labels")
+OUTPUTS = ("mask", "prob", "consensus", "std", "labels", "instances", "objects")
+INSTANCE_OUTPUTS = ("instances", "objects")  # `probda segment --instances`: NAME_instances.tif + NAME_objects.csv
 DEFAULT_OUTPUTS = ("mask", "prob", "consensus", "std")
 FORMATS = ("auto", "tif", "ome-zarr")
 ZARR_AUTO_PIXELS = 4096 * 4096  # above this many pixels (all planes), "auto" writes OME-Zarr
@@ -40,8 +42,8 @@ def parse_outputs(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def tiff_outputs(out_dir: Path, image: Path, outputs: Iterable[str]) -> dict[str, Path]:
-    """{"mask": OUT/NAME_mask.tif, ...} for an input file."""
-    return {kind: Path(out_dir) / f"{image.stem}_{kind}.tif" for kind in outputs}
+    """{"mask": OUT/NAME_mask.tif, ..., "objects": OUT/NAME_objects.csv} for an input file."""
+    return {kind: Path(out_dir) / f"{image.stem}_{kind}.{'csv' if kind == 'objects' else 'tif'}" for kind in outputs}
 
 
 def zarr_output(out_dir: Path, image: Path) -> Path:

@@ -23,6 +23,7 @@ import numpy as np
 from ..data.io import write_tiff_atomic
 from ..errors import ConfigError
 from . import ome_zarr as oz
+from .instances import InstanceConfig, object_table, separate_instances, write_object_csv
 from .tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,40 @@ class TiffSink(MemorySink):
     def finish(self) -> tuple[Path, ...]:
         maps = self.output_maps()
         for kind, target in self.targets.items():
-            write_tiff_atomic(target, maps[kind], compression="zlib", photometric="minisblack")
+            if kind == "objects":
+                write_object_csv(target, self.objects(maps["instances"]))
+            else:
+                write_tiff_atomic(target, maps[kind], compression="zlib", photometric="minisblack")
         return tuple(self.targets.values())
 
     def output_maps(self) -> dict[str, np.ndarray]:
-        """{output name: array of the image's shape}: mask uint8, prob/consensus/std float32, labels uint16/uint32."""
+        """{output name: array of the image's shape}: mask uint8, prob/consensus/std float32, labels and
+        instances uint16/uint32 (instances also when only the object table is asked for)."""
         maps = dict(self.maps)
         maps["mask"] = (maps["prob"] >= self.threshold).astype(np.uint8)
         if "labels" in self.targets:
             maps["labels"] = label_components(maps["mask"])
-        return {k: (v if len(self.shape) == 3 else v[0]) for k, v in maps.items() if k in self.targets}
+        if "instances" in self.targets or "objects" in self.targets:
+            maps["instances"] = label_instances(maps["prob"], InstanceConfig(threshold=self.threshold))
+        keep = set(self.targets) | ({"instances"} if "objects" in self.targets else set())
+        return {k: (v if len(self.shape) == 3 else v[0]) for k, v in maps.items() if k in keep}
+
+    def objects(self, instances: np.ndarray) -> list[dict]:
+        """The per-object table of this image (stacks: one row per object per slice, with its slice `z`)."""
+        if len(self.shape) == 2:
+            return object_table(instances, {k: self.maps[k][0] for k in FLOAT_MAPS})
+        return [{"z": z, **row} for z in range(self.shape[0])
+                for row in object_table(instances[z], {k: self.maps[k][z] for k in FLOAT_MAPS})]
+
+
+def label_instances(prob: np.ndarray, cfg: InstanceConfig) -> np.ndarray:
+    """Seeded-watershed instances of each slice of (Z, H, W) prob; ids unique over the stack."""
+    out, offset = [], 0
+    for p in prob:
+        lab = separate_instances(p, cfg).astype(np.uint32)
+        out.append(np.where(lab > 0, lab + offset, 0))
+        offset += int(lab.max())
+    return np.stack(out).astype(np.uint16 if offset < 2**16 - 1 else np.uint32)
 
 
 def label_components(mask: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from ..data.pairs import match_labels
 from ..data.patches import ImageSet, PatchSampler, grid_patches, load_image_set
 from ..errors import ConfigError, TrainingStopped
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
-from ..runtime.manifest import sha256_file
+from ..files import sha256_file
 from ..models.registry import model_from_spec
 from .adaptation import AdaptConfig, SelfTrainingStrategy
 from .loop import FitResult, LoopConfig, fit

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.io import atomic_path
+from ..files import atomic_path
 from ..models.consensus import consensus_response
 from ..models.predict import sample_probabilities
 

@@ -102,3 +102,30 @@ def test_segment_runs_with_torch_blocked(shared, images, tmp_path):
     cmd[4] = str(shared[0])  # a checkpoint needs torch: one clear line
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "running a checkpoint needs PyTorch" in run.stderr
+
+
+def test_segment_instances_writes_ids_and_the_object_table(shared, images, tmp_path):
+    import csv
+
+    from probda_deploy.runtime.instances import InstanceConfig, separate_instances
+
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(out), "-k", "3", "--instances",
+                              "--threshold", "0.5", "--quiet"])
+    assert res.exit_code == 0, res.output
+    n_objects = 0
+    for name in ("a", "b"):
+        inst = tifffile.imread(out / f"{name}_instances.tif")
+        prob = tifffile.imread(out / f"{name}_prob.tif")
+        assert inst.dtype == np.uint16 and inst.shape == (36, 41)
+        np.testing.assert_array_equal(inst, separate_instances(prob, InstanceConfig(threshold=0.5)))
+        rows = list(csv.DictReader(open(out / f"{name}_objects.csv")))
+        assert [int(r["id"]) for r in rows] == sorted(set(np.unique(inst)) - {0})
+        for r in rows:
+            sel = inst == int(r["id"])
+            assert int(r["area"]) == sel.sum() and float(r["mean_prob"]) == pytest.approx(prob[sel].mean(), abs=1e-4)
+        n_objects += len(rows)
+    assert n_objects > 0  # the fixed-seed random model leaves a few objects above 0.5
+    zarr = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(tmp_path / "z"), "--instances",
+                               "--format", "ome-zarr", "--quiet"])
+    assert zarr.exit_code == 1 and "--outputs instances: not written to OME-Zarr yet" in zarr.output

@@ -11,7 +11,7 @@ import torch
 
 from probda_deploy.errors import ExportError
 from probda_deploy.exporters import cached_export, export_onnx
-from probda_deploy.exporters.graphs import receptive_radius
+from probda_deploy.models.blocks import receptive_radius
 from probda_deploy.models import build_model
 from probda_deploy.models.checkpoint import model_from_checkpoint
 from probda_deploy.runtime.manifest import sha256_file
