@@ -110,12 +110,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--shifts", nargs="+", default=list(SHIFTS))
     ap.add_argument("--rows", choices=("all", *ROW_SETS), default="all")
+    ap.add_argument("--iterations", type=int, default=MT.iterations, help="adaptation iterations per run")
     ap.add_argument("--punet", default="punet-small", help="PUNet variant of the source model (e.g. punet-small-fast)")
     ap.add_argument("--quick", action="store_true", help="tiny budget smoke run")
     args = ap.parse_args()
     torch.set_num_threads(2)
     n, size, it_src = (4, 96, 20) if args.quick else (12, 192, 200)
-    it_ad = 10 if args.quick else MT.iterations
+    it_ad = 10 if args.quick else args.iterations
     rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in ROW_SETS[args.rows]}
     results: dict = {}  # (shift, row) -> list of dice; plus checks
     checks = {"verdict": [], "selection": []}
