@@ -168,7 +168,6 @@ def _torch_em_loss():
     `import torch_em.self_training` pulls in the trainers' dependencies (imageio, ...),
     which the light venv does not have; the loss module needs only torch and torch-em's DiceLoss.
     """
-    import importlib.util
     import types
 
     root = Path(sys.modules["torch_em.model"].__path__[0]).parent
@@ -234,12 +233,13 @@ def probda_child(args, variant: str) -> dict:
 
 
 def _one_step(strategy) -> None:
+    """One forward + backward of the strategy on a batch prepared as the loop prepares it."""
     import numpy as np
-
-    batch = strategy.sample_batch(np.random.default_rng(0))
     import torch
 
-    loss, _ = strategy.step({k: torch.from_numpy(v) for k, v in batch.items()})
+    from probda_deploy.training.loop import _to_tensors
+
+    loss, _ = strategy.step(_to_tensors(strategy.sample_batch(np.random.default_rng(0)), torch.device("cpu")))
     loss.backward()
 
 
@@ -297,8 +297,7 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
         return time.perf_counter() - t0
 
     def med(fn, n=args.steps) -> float:
-        fn()
-        return 1000 * statistics.median(_clock(fn) for _ in range(n))
+        return 1000 * statistics.median(_timed(fn, n))
 
     nets = {"UNet forward": med(lambda: model.features(xb)), "prior net forward": med(lambda: model.prior_params(xb)),
             "posterior net forward": med(lambda: model.posterior_params(xb, yb))}
@@ -317,12 +316,6 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
              (f"validation (8 patches) / {val_every} it", "source", med(src.validate, 3) / val_every),
              (f"validation (8 patches: teacher, student, health) / {val_every} it", "mt", med(mt.validate, 3) / val_every)]
     return rows
-
-
-def _clock(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def print_profile(rows, args) -> None:
