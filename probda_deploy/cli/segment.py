@@ -35,7 +35,7 @@ def segment(
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda (onnxruntime execution provider).")] = Device.auto,
     threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime intra-op threads (default: physical cores).")] = None,
     outputs: Annotated[str, typer.Option(help="Comma-separated subset of mask,prob,consensus,std,labels,instances,objects.")] = "mask,prob,consensus,std",
-    instances: Annotated[bool, typer.Option("--instances", help="Also one id per object (NAME_instances.tif, seeded watershed) and the per-object table NAME_objects.csv (TIFF outputs).")] = False,
+    instances: Annotated[bool, typer.Option("--instances", help="Also one id per object (NAME_instances.tif, or labels/instances in OME-Zarr; seeded watershed) and the per-object table NAME_objects.csv; the summary lists the least certain objects.")] = False,
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Mask threshold on the mean probability (default 0.5).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the latent draws (combined with each file name).")] = 0,
     normalize: Annotated[str, typer.Option(help="Standardisation: image (whole image), tile, or none.")] = "image",
@@ -151,9 +151,32 @@ def _summary(report, note: str) -> None:
     if report.provider_note:
         table.add_row("warning", f"[yellow]{report.provider_note}[/]")
     table.add_row("speed", f"{report.images_per_second:.2f} images/s ({report.seconds:.1f} s total)")
+    objects = [r for r in report.results if r.status == "done" and r.least_certain]
+    if objects:
+        table.add_row("objects", f"{sum(r.objects for r in objects)}, {sum(r.uncertain for r in objects)} flagged "
+                                 f"uncertain (mean consensus < 0.5)")
     out.print(table)
+    if objects:
+        out.print(_least_certain_table(objects))
     for r in report.failed:
         out.print(f"[red]failed:[/] {r.path}")
+
+
+def _least_certain_table(results):
+    """The least certain objects of each image (lowest mean consensus): the ones to check by hand."""
+    from rich.table import Table
+
+    stacks = any("z" in row for r in results for row in r.least_certain)
+    table = Table(title="least certain objects (lowest mean consensus; all objects in NAME_objects.csv)", title_justify="left")
+    for name in ("image", "id", *(("z",) if stacks else ()), "y", "x", "area", "consensus", "std", "flag"):
+        table.add_column(name, justify="left" if name == "image" else "right")
+    for r in results:
+        for row in r.least_certain:
+            z = (str(row.get("z", "")),) if stacks else ()
+            table.add_row(Path(r.path).name, str(row["id"]), *z, f"{row['centroid_y']:.0f}", f"{row['centroid_x']:.0f}",
+                          str(row["area"]), f"{row['mean_consensus']:.3f}", f"{row['mean_std']:.3f}",
+                          "uncertain" if row["uncertain"] else "")
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -23,8 +23,9 @@ from typing import Callable, Sequence
 from ..errors import ConfigError, ProbdaError
 from . import ome_zarr as oz
 from .executors import LocalExecutor, open_executor
-from .outputs import (DEFAULT_OUTPUTS, FORMATS, check_outputs, choose_format, output_paths, parse_outputs,
-                      remove_stale_temps, tiff_outputs, zarr_output)
+from .instances import InstanceConfig, least_certain
+from .outputs import (DEFAULT_OUTPUTS, FORMATS, INSTANCE_OUTPUTS, check_outputs, choose_format, output_paths, parse_outputs,
+                      remove_stale_temps, tiff_outputs)
 from .predict import predict_image
 from .readers import list_inputs, open_image
 from .sampler import NORMALIZE, OnnxSampler, SamplerRef, latent_eps, load_sampler
@@ -34,6 +35,7 @@ from .sinks import TiffSink, ZarrSink
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 1024  # OME-Zarr sinks keep a preview of at most this side in memory
+LEAST_CERTAIN = 5  # objects per image the report lists (lowest mean consensus)
 
 
 @dataclass
@@ -49,6 +51,9 @@ class FileResult:
     format: str = "tif"
     blocks: tuple[int, int] = (0, 0)  # OME-Zarr: (blocks written now, total)
     preview: Path | None = None  # OUT/preview/NAME.png when previews were asked for
+    objects: int = 0  # with the object table: objects found, how many flagged uncertain, the least certain rows
+    uncertain: int = 0
+    least_certain: tuple[dict, ...] = ()
 
 
 @dataclass
@@ -116,9 +121,10 @@ class SegmentOptions:
 
     def numbers(self) -> dict:
         """The options that define an OME-Zarr output's numbers (stored in it, checked on --resume)."""
+        instances = bool(set(INSTANCE_OUTPUTS) & set(self.outputs))  # the instance pass reads all three channels
         return {"samples": self.samples, "seed": self.seed, "tile": self.tile, "halo": self.halo, "normalize": self.normalize,
-                "threshold": self.threshold, "channels": [n for n in oz.FLOAT_CHANNELS if n in self.outputs],
-                "mask": "mask" in self.outputs, "ngff": self.ngff}
+                "threshold": self.threshold, "channels": [n for n in oz.FLOAT_CHANNELS if n in self.outputs or instances],
+                "mask": "mask" in self.outputs, "instances": instances, "ngff": self.ngff}
 
 
 def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int | None = None,
@@ -129,7 +135,7 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
 
     Raises:
         ConfigError: unknown outputs, format or normalisation, negative sizes, K < 1,
-            --resume with --overwrite, labels with --format ome-zarr.
+            --resume with --overwrite, labels (connected components) with --format ome-zarr.
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite: choose one")
@@ -143,9 +149,8 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
     if k < 1:
         raise ConfigError(f"--samples {k}: need at least 1 sample")
     outputs = parse_outputs(outputs)
-    for kind in ("labels", "instances", "objects"):
-        if fmt == "ome-zarr" and kind in outputs:
-            raise ConfigError(f"--outputs {kind}: not written to OME-Zarr yet; drop {kind} or use --format tif")
+    if fmt == "ome-zarr" and "labels" in outputs:
+        raise ConfigError("--outputs labels: connected components are not written to OME-Zarr; use instances or --format tif")
     threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
     return SegmentOptions(
         model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,
@@ -182,13 +187,15 @@ def segment_file(path: Path, options: SegmentOptions, fmt: str, executor=None, *
         blocks = predict_image(ref, source, sink, eps=eps, tile=options.tile, halo=options.halo, normalize=options.normalize,
                                executor=executor.labelled(str(path)), check=path, on_progress=on_progress)
         preview = _write_preview(path, sink, image, options) if options.preview else None
+        rows = getattr(sink, "object_rows", [])
     except ProbdaError as e:
         return FileResult(path, "failed", str(e) if str(e).startswith(str(path)) else f"{path}: {e}", format=fmt)
     except (OSError, ValueError, RuntimeError, MemoryError) as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         return FileResult(path, "failed", f"{path}: {type(e).__name__}: {msg}", format=fmt)
     return FileResult(path, "done", seconds=time.perf_counter() - t0, shape=shape, outputs=targets, format=fmt,
-                      blocks=blocks, preview=preview)
+                      blocks=blocks, preview=preview, objects=len(rows), uncertain=sum(r["uncertain"] for r in rows),
+                      least_certain=tuple(least_certain(rows, LEAST_CERTAIN)))
 
 
 def _write_preview(path: Path, sink, image, options: SegmentOptions) -> Path | None:
@@ -312,12 +319,13 @@ def _sink(path: Path, shape: tuple[int, ...], fmt: str, options: SegmentOptions,
     chunk = max(y1 - y0, x1 - x0) if len(tiles) == 1 else y1 - y0
     numbers = options.numbers()
     layout = oz.ZarrLayout(shape=shape, chunk=chunk, levels=oz.pyramid_levels(shape, chunk), channels=tuple(numbers["channels"]),
-                           mask=numbers["mask"], ngff=options.ngff)
+                           mask=numbers["mask"], ngff=options.ngff, instances=numbers["instances"])
     identity = {"model": sampler.model_id, "source": path.name, "shape": list(shape), "settings": numbers}
     step = 0
     if options.preview:
         step = max(1, -(-max(shape[-2:]) // PREVIEW_SIDE))
         while chunk % step:  # the step divides the block size, so blocks fill the preview exactly
             step += 1
-    return ZarrSink(zarr_output(options.out_dir, path), layout, options.threshold, identity, resume=options.resume,
-                    preview_step=step)
+    final, *table = output_paths(path, fmt, options)
+    return ZarrSink(final, layout, options.threshold, identity, resume=options.resume,
+                    preview_step=step, instances=InstanceConfig(threshold=options.threshold), objects=table[0] if table else None)

@@ -30,6 +30,8 @@ class InstanceConfig:
     sigma: Gaussian smoothing of the distance transform (px) before seeding.
     min_size: objects smaller than this (px) are merged into a touching object or dropped.
     disagree: objects whose mean consensus is below this are flagged `uncertain`.
+    block_halo: context (px) around each block when an OME-Zarr output is labelled block by block
+        (zarr_instances.py): clumps of touching objects that fit in it get the ids of a one-piece run.
     """
 
     threshold: float = 0.5
@@ -37,12 +39,13 @@ class InstanceConfig:
     sigma: float = 1.0
     min_size: int = 15
     disagree: float = 0.5
+    block_halo: int = 64
 
     def check(self) -> None:
         if not 0 < self.threshold < 1:
             raise ValueError(f"instance threshold must be in (0, 1), got {self.threshold}")
-        if self.seed_height <= 0 or self.sigma < 0 or self.min_size < 0:
-            raise ValueError("seed height must be > 0, sigma and min size >= 0")
+        if self.seed_height <= 0 or self.sigma < 0 or self.min_size < 0 or self.block_halo < 1:
+            raise ValueError("seed height and block halo must be > 0, sigma and min size >= 0")
 
 
 def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig()) -> np.ndarray:
@@ -87,18 +90,50 @@ def object_table(labels: np.ndarray, maps: dict[str, np.ndarray], *, disagree: f
         maps: "prob", "consensus" and "std", each (H, W) float.
         disagree: `uncertain` = mean consensus < disagree (the samples disagree on the object).
     """
+    return object_rows(*object_sums(labels, maps), disagree=disagree)
+
+
+SUMS = ("area", "y", "x", "prob", "consensus", "std")  # the columns of `object_sums`
+
+
+def object_sums(labels: np.ndarray, maps: dict[str, np.ndarray], *, origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Per-object sums of one image or block, to be added over blocks (`merge_sums`) and turned into rows.
+
+    Args:
+        labels: (h, w) instance ids, 0 = background.
+        maps: "prob", "consensus" and "std", each (h, w) float.
+        origin: (y0, x0) of the block in the image, added to the pixel coordinates.
+
+    Returns:
+        ids (n,) uint64 and sums (n, 6) float64 with columns SUMS (pixel count, sum of y, of x, of each map).
+    """
     ids = np.unique(labels)
     ids = ids[ids > 0]
     if ids.size == 0:
-        return []
-    ones = np.ones(labels.shape, np.float64)
-    area = ndimage.sum_labels(ones, labels, ids)
-    cy, cx = np.array(ndimage.center_of_mass(ones, labels, ids)).T
-    means = {k: ndimage.mean(maps[k].astype(np.float64), labels, ids) for k in ("prob", "consensus", "std")}
-    return [{"id": int(i), "centroid_y": float(cy[j]), "centroid_x": float(cx[j]), "area": int(area[j]),
-             "mean_prob": float(means["prob"][j]), "mean_consensus": float(means["consensus"][j]),
-             "mean_std": float(means["std"][j]), "uncertain": bool(means["consensus"][j] < disagree)}
-            for j, i in enumerate(ids)]
+        return ids.astype(np.uint64), np.zeros((0, len(SUMS)))
+    yy, xx = np.indices(labels.shape, dtype=np.float64)
+    planes = [np.ones(labels.shape), yy + origin[0], xx + origin[1]] + [maps[k].astype(np.float64) for k in SUMS[3:]]
+    return ids.astype(np.uint64), np.stack([ndimage.sum_labels(p, labels, ids) for p in planes], axis=1)
+
+
+def merge_sums(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Add the `object_sums` of blocks per id: (ids sorted, sums)."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros((0, len(SUMS)))
+    ids, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+    sums = np.zeros((len(ids), len(SUMS)))
+    np.add.at(sums, inverse, np.concatenate([p[1] for p in parts]))
+    return ids, sums
+
+
+def object_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5) -> list[dict]:
+    """Rows of the object table (see `object_table`) from per-object sums."""
+    area = sums[:, 0]
+    mean = sums / np.maximum(area, 1)[:, None]
+    return [{"id": int(i), "centroid_y": float(m[1]), "centroid_x": float(m[2]), "area": int(a),
+             "mean_prob": float(m[3]), "mean_consensus": float(m[4]), "mean_std": float(m[5]),
+             "uncertain": bool(m[4] < disagree)} for i, a, m in zip(ids, area, mean)]
 
 
 def least_certain(rows: list[dict], n: int = 10) -> list[dict]:

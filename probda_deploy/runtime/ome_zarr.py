@@ -5,6 +5,7 @@ Layout of `NAME.ome.zarr` (NGFF 0.4 on zarr v2 by default, 0.5 on zarr v3):
 NAME.ome.zarr/          image: axes (c, [z,] y, x), channels = float maps (prob, consensus, std)
   0/ 1/ 2/ ...          pyramid levels, 2x mean-downsampled in y and x
   labels/mask/0 1 ...   uint8 mask (image-label, nearest downsampling)
+  labels/instances/...  uint32 object ids (with --instances; written after all blocks, see zarr_instances.py)
 ```
 The chunk of level l is (tile / 2**l) pixels, so one block (one tile core of
 the runtime's tiling) writes exactly one chunk per level and array: blocks
@@ -48,6 +49,7 @@ class ZarrLayout:
         levels: number of pyramid levels.
         channels: float maps stored as channels, in order.
         mask: whether `labels/mask` is written.
+        instances: whether `labels/instances` (uint32 object ids) is written.
         ngff: "0.4" (zarr v2) or "0.5" (zarr v3).
     """
 
@@ -57,6 +59,12 @@ class ZarrLayout:
     channels: tuple[str, ...]
     mask: bool
     ngff: str = "0.4"
+    instances: bool = False
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """{label image name: dtype} of the `labels/` group."""
+        return {n: t for n, t, on in (("mask", "uint8", self.mask), ("instances", "uint32", self.instances)) if on}
 
     def level_shape(self, level: int) -> tuple[int, ...]:
         f = 2**level
@@ -133,15 +141,16 @@ def create_output(path: Path, layout: ZarrLayout, *, metadata: dict) -> None:
     if layout.channels:
         _set_ome(root, layout, image_attrs)
     root.attrs["probda"] = {**metadata, "channels": list(layout.channels)}
-    if layout.mask:
+    if layout.labels:
         labels = root.create_group("labels")
-        _set_ome(labels, layout, {"labels": ["mask"]})
-        mask = labels.create_group("mask")
+        _set_ome(labels, layout, {"labels": list(layout.labels)})
+    for name, dtype in layout.labels.items():
+        group = labels.create_group(name)
         for lvl in range(layout.levels):
             c = max(1, layout.chunk // 2**lvl)
-            mask.create_array(str(lvl), shape=layout.level_shape(lvl), chunks=(*lead, c, c), dtype="uint8", fill_value=0)
-        _set_ome(mask, layout, {
-            "multiscales": _multiscales(layout, "mask", channel_axis=False),
+            group.create_array(str(lvl), shape=layout.level_shape(lvl), chunks=(*lead, c, c), dtype=dtype, fill_value=0)
+        _set_ome(group, layout, {
+            "multiscales": _multiscales(layout, name, channel_axis=False),
             "image-label": {**({"version": "0.4"} if layout.ngff == "0.4" else {}), "source": {"image": "../../"}},
         })
     (Path(path) / MARKERS).mkdir(exist_ok=True)
@@ -177,22 +186,50 @@ def write_block(path: Path, layout: ZarrLayout, *, key: str, origin: tuple[int, 
     root = zarr.open_group(str(path), mode="r+")
     lead = tuple(origin[:-2])
     y0, x0 = origin[-2:]
-    floats = np.stack([maps[n] for n in layout.channels]).astype(np.float32) if layout.channels else None
-    mask = maps["mask"] if layout.mask else None
-    for lvl in range(layout.levels):
-        f = 2**lvl
-        if lvl:
-            floats = _halve_mean(floats) if floats is not None else None
-            mask = mask[::2, ::2] if mask is not None else None
-        ys, xs = slice(y0 // f, y0 // f + (floats if floats is not None else mask).shape[-2]), None
-        width = (floats if floats is not None else mask).shape[-1]
-        xs = slice(x0 // f, x0 // f + width)
-        if floats is not None:
-            root[str(lvl)][(slice(None), *lead, ys, xs)] = floats
-        if mask is not None:
-            root[f"labels/mask/{lvl}"][(*lead, ys, xs)] = mask
+    if layout.channels:
+        floats = np.stack([maps[n] for n in layout.channels]).astype(np.float32)
+        for lvl in range(layout.levels):
+            f = 2**lvl
+            if lvl:
+                floats = _halve_mean(floats)
+            h, w = floats.shape[-2:]
+            root[str(lvl)][(slice(None), *lead, slice(y0 // f, y0 // f + h), slice(x0 // f, x0 // f + w))] = floats
+    if layout.mask:
+        write_label(root, layout, "mask", origin=origin, block=maps["mask"])
     marker = Path(path) / MARKERS / key
     marker.write_text(json.dumps({"origin": list(origin)}))
+
+
+def write_label(root, layout: ZarrLayout, name: str, *, origin: tuple[int, ...], block: np.ndarray, levels: int | None = None) -> None:
+    """Write one block of the label image `labels/NAME` at its first `levels` levels (default all; nearest downsampling).
+
+    Args:
+        root: the open output group (mode "r+").
+        origin: ([z,] y0, x0) of the block at level 0; y0, x0 multiples of the chunk.
+        block: (h, w) labels of the block.
+    """
+    lead = tuple(origin[:-2])
+    y0, x0 = origin[-2:]
+    for lvl in range(layout.levels if levels is None else levels):
+        f = 2**lvl
+        part = block[::f, ::f]
+        h, w = part.shape
+        root[f"labels/{name}/{lvl}"][(*lead, slice(y0 // f, y0 // f + h), slice(x0 // f, x0 // f + w))] = part
+
+
+def read_region(root, layout: ZarrLayout, name: str, *, z: int | None, region: tuple[int, int, int, int]) -> np.ndarray:
+    """Level-0 (h, w) values of a float channel (prob, consensus, std) or a label image (mask, instances).
+
+    Args:
+        root: the open output group.
+        z: plane of a stack, None for 2D outputs.
+        region: (y0, y1, x0, x1).
+    """
+    y0, y1, x0, x1 = region
+    lead = () if z is None else (z,)
+    if name in layout.channels:
+        return np.asarray(root["0"][(layout.channels.index(name), *lead, slice(y0, y1), slice(x0, x1))])
+    return np.asarray(root[f"labels/{name}/0"][(*lead, slice(y0, y1), slice(x0, x1))])
 
 
 def done_blocks(path: Path) -> set[str]:

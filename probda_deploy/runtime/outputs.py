@@ -2,7 +2,7 @@
 
 Per input `NAME.ext`: `NAME_mask.tif`, `NAME_prob.tif`, `NAME_consensus.tif`,
 `NAME_std.tif`, `NAME_labels.tif`, `NAME_instances.tif`, `NAME_objects.csv` (format "tif"), or
-`NAME.ome.zarr` ("ome-zarr");
+`NAME.ome.zarr` (+ `NAME_objects.csv` beside it) ("ome-zarr");
 "auto" picks OME-Zarr for zarr inputs and images above ZARR_AUTO_PIXELS.
 """
 
@@ -72,9 +72,14 @@ def choose_format(path: Path, fmt: str) -> str:
 
 
 def output_paths(path: Path, fmt: str, options) -> tuple[Path, ...]:
-    """The outputs one input writes in `fmt` (options: anything with `out_dir` and `outputs`, e.g. SegmentOptions)."""
+    """The outputs one input writes in `fmt` (options: anything with `out_dir` and `outputs`, e.g. SegmentOptions).
+
+    OME-Zarr: (OUT/NAME.ome.zarr,) plus OUT/NAME_objects.csv with the "objects" output.
+    """
     if fmt == "ome-zarr":
-        return (zarr_output(options.out_dir, path),)
+        zarr = zarr_output(options.out_dir, path)
+        table = (zarr.with_name(f"{zarr.name.removesuffix(oz.SUFFIX)}_objects.csv"),) if "objects" in options.outputs else ()
+        return (zarr, *table)
     return tuple(tiff_outputs(options.out_dir, path, options.outputs).values())
 
 

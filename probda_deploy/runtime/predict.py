@@ -48,8 +48,8 @@ class Sink(Protocol):
     def write(self, key: str, z: int, tile: Tile, maps: dict[str, np.ndarray]) -> None:
         """Store the maps (clipped core of `tile`, plane z)."""
 
-    def finish(self):
-        """Complete the output; returns what the caller reports (a path, or None)."""
+    def finish(self, executor):
+        """Complete the output (passes over the finished maps run as tasks on `executor`); returns what the caller reports."""
 
 
 def image_shape(image) -> tuple[int, ...]:
@@ -108,7 +108,7 @@ def predict_image(
     progress.step(blocks - len(jobs))
     for _ in executor.run(block_task, jobs):
         progress.step()
-    sink.finish()
+    sink.finish(executor)
     return len(jobs), blocks
 
 

@@ -8,6 +8,8 @@
   complete; `--resume` continues a partial output with the same settings.
   It keeps a small preview (mask, consensus, image) in memory while blocks
   are written in this process, so `--preview` never re-reads the output.
+  With instances, `finish` labels the output block by block (zarr_instances.py)
+  and writes `NAME_objects.csv` next to it.
 Adding an output format means adding a sink here.
 """
 
@@ -24,6 +26,7 @@ from ..data.io import write_tiff_atomic
 from ..errors import ConfigError
 from . import ome_zarr as oz
 from .instances import InstanceConfig, object_table, separate_instances, write_object_csv
+from .zarr_instances import label_blocks
 from .tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ class MemorySink:
             else:
                 self.maps[name][z, y0 : y0 + h, x0 : x0 + w] = arr
 
-    def finish(self):
+    def finish(self, executor=None):
         return None
 
     def result(self) -> dict[str, np.ndarray]:
@@ -87,12 +90,14 @@ class TiffSink(MemorySink):
     def __init__(self, shape: tuple[int, ...], *, targets: dict[str, Path], threshold: float):
         super().__init__(shape)
         self.targets, self.threshold = dict(targets), float(threshold)
+        self.object_rows: list[dict] = []  # the object table, once finished (with "objects")
 
-    def finish(self) -> tuple[Path, ...]:
+    def finish(self, executor=None) -> tuple[Path, ...]:
         maps = self.output_maps()
         for kind, target in self.targets.items():
             if kind == "objects":
-                write_object_csv(target, self.objects(maps["instances"]))
+                self.object_rows = self.objects(maps["instances"])
+                write_object_csv(target, self.object_rows)
             else:
                 write_tiff_atomic(target, maps[kind], compression="zlib", photometric="minisblack")
         return tuple(self.targets.values())
@@ -151,6 +156,8 @@ class ZarrSink:
         identity: JSON-able description of what the numbers depend on (model, source,
             shape, settings); a partial output is resumed only when it matches.
         resume: continue a partial output instead of starting afresh.
+        instances: settings of `labels/instances` (with `layout.instances`).
+        objects: `OUT/NAME_objects.csv`, the object table written next to the output, or None.
     """
 
     final: Path
@@ -161,6 +168,9 @@ class ZarrSink:
     samples: int = 0
     preview_step: int = 0  # > 0: keep every step-th pixel of mask and consensus in memory
     preview: dict = field(default_factory=dict)
+    instances: InstanceConfig | None = None
+    objects: Path | None = None
+    object_rows: list = field(default_factory=list)  # the object table, once finished
 
     @property
     def partial(self) -> Path:
@@ -210,5 +220,11 @@ class ZarrSink:
                 ys, xs = -(-y0 // s), -(-x0 // s)
                 self.preview[name][ys : ys + part.shape[0], xs : xs + part.shape[1]] = part
 
-    def finish(self) -> Path:
+    def finish(self, executor=None) -> Path:
+        """Label instances block by block (tasks on `executor`), write the object table, rename the output."""
+        if self.layout.instances:
+            self.object_rows = label_blocks(self.partial, self.layout, self.instances or InstanceConfig(threshold=self.threshold),
+                                            executor=executor, table=self.objects is not None)
+            if self.objects is not None:
+                write_object_csv(self.objects, self.object_rows)
         return oz.finalize(self.partial, self.final)

@@ -126,6 +126,35 @@ def test_segment_instances_writes_ids_and_the_object_table(shared, images, tmp_p
             assert int(r["area"]) == sel.sum() and float(r["mean_prob"]) == pytest.approx(prob[sel].mean(), abs=1e-4)
         n_objects += len(rows)
     assert n_objects > 0  # the fixed-seed random model leaves a few objects above 0.5
-    zarr = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(tmp_path / "z"), "--instances",
-                               "--format", "ome-zarr", "--quiet"])
-    assert zarr.exit_code == 1 and "--outputs instances: not written to OME-Zarr yet" in zarr.output
+    _check_least_certain(res.output, out)
+
+
+def _check_least_certain(output: str, out) -> None:
+    """The summary lists, per image, the 5 objects with the lowest mean consensus, in order."""
+    from probda_deploy.runtime.instances import least_certain, object_table
+
+    assert "least certain objects" in output
+    listed = [line.split("│")[1:3] for line in output.splitlines() if line.startswith("│ ")]
+    for name in ("a", "b"):
+        inst = tifffile.imread(out / f"{name}_instances.tif")
+        maps = {k: tifffile.imread(out / f"{name}_{k}.tif") for k in ("prob", "consensus", "std")}
+        expected = [r["id"] for r in least_certain(object_table(inst, maps), 5)]
+        assert [int(i) for image, i in listed if image.strip() == f"{name}.tif"] == expected
+
+
+def test_segment_instances_into_ome_zarr(shared, images, tmp_path):
+    import zarr
+
+    out = tmp_path / "z"
+    res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(out), "-k", "3", "--instances",
+                              "--format", "ome-zarr", "--tile", "16", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "a.ome.zarr: 9 of 9 blocks written" in res.output and "flagged uncertain" in res.output
+    for name in ("a", "b"):
+        root = zarr.open_group(str(out / f"{name}.ome.zarr"), mode="r")
+        assert dict(root["labels"].attrs)["labels"] == ["mask", "instances"]
+        assert (out / f"{name}_objects.csv").is_file()
+        for k, channel in enumerate(("prob", "consensus", "std")):  # the TIFF names _check_least_certain reads
+            tifffile.imwrite(out / f"{name}_{channel}.tif", root["0"][k])
+        tifffile.imwrite(out / f"{name}_instances.tif", root["labels/instances/0"][:])
+    _check_least_certain(res.output, out)

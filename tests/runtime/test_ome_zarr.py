@@ -232,3 +232,30 @@ def test_preview_of_an_ome_zarr_output_comes_from_memory(sampler, tmp_path, monk
     assert result.status == "done" and result.preview == tmp_path / "out" / "preview" / "p.png"
     png = iio.imread(result.preview)
     assert png.shape == (100, 87, 3) and png.dtype == np.uint8 and png.std() > 0
+
+
+def test_instances_and_object_table_equal_the_tiff_path(sampler, tmp_path):
+    """The same image as TIFF (whole-image watershed) and as OME-Zarr in 64 px blocks: the same objects, the same rows."""
+    import csv
+
+    img = synthetic(np.arange(150), np.arange(170))
+    tifffile.imwrite(tmp_path / "obj.tif", img)
+    kw = dict(samples=3, seed=4, tile=64, outputs="prob,instances,objects", threshold=0.5)
+    tif = segment(sampler, tmp_path / "obj.tif", tmp_path / "tif", fmt="tif", **kw)
+    zr = segment(sampler, tmp_path / "obj.tif", tmp_path / "zarr", fmt="ome-zarr", **kw)
+    (rt,), (rz,) = tif.results, zr.results
+    assert rz.outputs == (tmp_path / "zarr" / "obj.ome.zarr", tmp_path / "zarr" / "obj_objects.csv")
+    root = zarr.open_group(str(rz.outputs[0]), mode="r")
+    assert root["labels/instances/0"].chunks == (64, 64) and root["labels/instances/0"].dtype == np.uint32
+    a, b = tifffile.imread(tmp_path / "tif" / "obj_instances.tif"), root["labels/instances/0"][:]
+    np.testing.assert_array_equal(root["0"][0], tifffile.imread(tmp_path / "tif" / "obj_prob.tif"))
+    pairs = np.unique(np.stack([a.ravel().astype(np.int64), b.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]  # a relabelling: one id per object
+    assert rt.objects == rz.objects == int(a.max()) > 3 and rt.uncertain == rz.uncertain
+    key = ("centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain")
+    rows = [sorted(tuple(r[k] for k in key) for r in csv.DictReader(open(p)))
+            for p in (tmp_path / "tif" / "obj_objects.csv", rz.outputs[1])]
+    assert rows[0] == rows[1]
+    assert [r["id"] for r in rz.least_certain] == [int(r["id"]) for r in sorted(
+        (r for r in csv.DictReader(open(rz.outputs[1]))), key=lambda r: (float(r["mean_consensus"]), -float(r["mean_std"])))][:5]
+    assert dict(root.attrs)["probda"]["settings"]["instances"] is True

@@ -1,0 +1,162 @@
+"""Instances of an OME-Zarr output, block by block: one id per object across block borders, bounded memory.
+
+    rows = label_blocks(partial, layout, InstanceConfig(threshold=0.5), executor=executor)
+
+Runs in `ZarrSink.finish`, once every block of prob/consensus/std is written,
+as two passes of tasks over the output's chunk grid (any executor, any order):
+1. label: each block reads its prob window (core + `block_halo`), runs the same
+   `separate_instances` as the TIFF path, and writes the core's ids, numbered
+   1..n within the block, to `labels/instances/0`. It returns its n and, for
+   each inner border, the ids on both sides of it: its own outermost core
+   row/column, and the row/column just beyond the core as its window saw them.
+2. merge (here, O(objects) memory): an object crossing a border is seen by
+   both blocks' windows, so the two numberings meet pixel by pixel on the
+   border rows; every such pair is joined (scipy's connected components on
+   the pair graph) and the components, in block order, are the global ids.
+   Joining every pair means an object is never cut at a block border; two
+   objects are merged only where the two windows split a clump differently.
+3. relabel: each block maps its ids to global ones, writes every pyramid level
+   and returns its per-object sums for the table (`instances.object_sums`).
+When every clump of touching objects fits in core + block_halo, the ids equal
+those of `separate_instances` on the whole image, up to numbering.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import ome_zarr as oz
+from .executors import LocalExecutor
+from .instances import SUMS, InstanceConfig, merge_sums, object_rows, object_sums, separate_instances
+from .tiling import Tile, plan_tiles
+
+log = logging.getLogger(__name__)
+
+SIDES = {"bottom": "top", "right": "left"}  # the two borders a block shares with a later block
+
+
+def block_grid(layout: oz.ZarrLayout, halo: int) -> list[Tile]:
+    """Tiles whose cores are the level-0 chunks of the output (row-major), windows grown by `halo`."""
+    return plan_tiles(layout.shape[-2:], multiple=1, tile=layout.chunk, halo=halo)
+
+
+def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, executor=None, table: bool = True) -> list[dict]:
+    """Write `labels/instances` (all levels) of the output at `path` and return its object table.
+
+    Args:
+        path: the (partial) output, prob (+ consensus, std) written.
+        layout: its layout (`layout.instances` set).
+        cfg: instance settings (threshold, seeds, min size, block halo).
+        executor: runs the block tasks (default: LocalExecutor).
+        table: also compute the per-object rows (needs the consensus and std channels).
+
+    Returns:
+        Object rows (`instances.object_table` columns, plus `z` for stacks), ids ascending; [] without `table`.
+    """
+    cfg.check()
+    executor = executor or LocalExecutor()
+    tiles = block_grid(layout, cfg.block_halo)
+    planes = [None] if len(layout.shape) == 2 else list(range(layout.shape[0]))
+    keys = [(z, i) for z in planes for i in range(len(tiles))]
+    found = dict(executor.run(label_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]])) for k in keys]))
+    luts = merge_borders(tiles, {k: found[_name(k)] for k in keys})
+    jobs = [(_name(k), (path, layout, k[0], tiles[k[1]], luts[k], table)) for k in keys]
+    parts = dict(executor.run(relabel_task, jobs))
+    if not table:
+        return []
+    ids, sums = merge_sums([parts[_name(k)] for k in keys])
+    rows = object_rows(ids, sums, disagree=cfg.disagree)
+    if planes[0] is not None:
+        plane_of = {int(i): k[0] for k in keys for i in parts[_name(k)][0]}
+        rows = [{"z": plane_of[r["id"]], **r} for r in rows]
+    log.info("%s: %d objects in %d blocks", path, len(rows), len(keys))
+    return rows
+
+
+def _name(key: tuple[int | None, int]) -> str:
+    return f"{key[0] or 0}_{key[1]}"
+
+
+def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> tuple[int, dict]:
+    """Label one block from its prob window; write its core's ids (1..n) at level 0.
+
+    Returns:
+        (n, {side: (ids on the core's outermost row/column, ids just beyond it)}) for each side
+        with a neighbour ("top", "bottom", "left", "right"); ids outside the core are 0.
+    """
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+")
+    window = separate_instances(oz.read_region(root, layout, "prob", z=z, region=tile.window), cfg)
+    ys, xs = tile.core_in_window()
+    ids = np.unique(window[ys, xs])
+    ids = ids[ids > 0]
+    lut = np.zeros(int(window.max()) + 1, np.uint32)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    local = lut[window]
+    (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) = tile.core, tile.window
+    oz.write_label(root, layout, "instances", origin=_origin(z, tile), block=local[ys, xs], levels=1)
+    r0, r1, c0, c1 = y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0  # core bounds in window coordinates
+    faces = {}
+    if y0 > wy0:
+        faces["top"] = (local[r0, c0:c1], local[r0 - 1, c0:c1])
+    if y1 < wy1:
+        faces["bottom"] = (local[r1 - 1, c0:c1], local[r1, c0:c1])
+    if x0 > wx0:
+        faces["left"] = (local[r0:r1, c0], local[r0:r1, c0 - 1])
+    if x1 < wx1:
+        faces["right"] = (local[r0:r1, c1 - 1], local[r0:r1, c1])
+    return len(ids), faces
+
+
+def merge_borders(tiles: list[Tile], found: dict[tuple, tuple[int, dict]]) -> dict[tuple, np.ndarray]:
+    """{block key: lut (n + 1,) uint32 from the block's ids to global ids}; blocks of one plane only meet each other."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    keys = list(found)
+    counts = np.array([found[k][0] for k in keys], np.int64)
+    offsets = dict(zip(keys, np.concatenate([[0], np.cumsum(counts)[:-1]])))
+    at = {(t.core[0], t.core[2]): i for i, t in enumerate(tiles)}
+    u, v = [], []
+    for z, i in keys:
+        y0, y1, x0, x1 = tiles[i].core
+        for side, start in (("bottom", (y1, x0)), ("right", (y0, x1))):
+            if side not in found[(z, i)][1] or start not in at:
+                continue
+            j = at[start]
+            inside, beyond = found[(z, i)][1][side]
+            other_inside, other_beyond = found[(z, j)][1][SIDES[side]]
+            for a, b in ((beyond, other_inside), (inside, other_beyond)):  # the same pixels, seen by both blocks
+                both = (a > 0) & (b > 0)
+                u.append(offsets[(z, i)] + a[both].astype(np.int64) - 1)
+                v.append(offsets[(z, j)] + b[both].astype(np.int64) - 1)
+    total = int(counts.sum())
+    u = np.concatenate(u) if u else np.zeros(0, np.int64)
+    v = np.concatenate(v) if v else np.zeros(0, np.int64)
+    _, comp = connected_components(coo_matrix((np.ones(len(u)), (u, v)), shape=(total, total)), directed=False)
+    _, first = np.unique(comp, return_index=True)  # number components by their first node: ids follow block order
+    rank = np.empty(len(first), np.uint32)
+    rank[np.argsort(first)] = np.arange(1, len(first) + 1)
+    return {k: np.concatenate([[0], rank[comp[offsets[k]: offsets[k] + found[k][0]]]]).astype(np.uint32) for k in keys}
+
+
+def relabel_task(path: Path, layout: oz.ZarrLayout, z: int | None, tile: Tile, lut: np.ndarray,
+                 table: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Map one block's ids to global ids, write all levels; its `object_sums` (empty without `table`)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+")
+    labels = lut[oz.read_region(root, layout, "instances", z=z, region=tile.core)]
+    oz.write_label(root, layout, "instances", origin=_origin(z, tile), block=labels)
+    if not table:
+        return np.zeros(0, np.uint64), np.zeros((0, len(SUMS)))
+    maps = {k: oz.read_region(root, layout, k, z=z, region=tile.core) for k in ("prob", "consensus", "std")}
+    return object_sums(labels, maps, origin=(tile.core[0], tile.core[2]))
+
+
+def _origin(z: int | None, tile: Tile) -> tuple[int, ...]:
+    return ((z,) if z is not None else ()) + (tile.core[0], tile.core[2])
