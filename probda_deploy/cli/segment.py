@@ -151,12 +151,12 @@ def _summary(report, note: str) -> None:
     if report.provider_note:
         table.add_row("warning", f"[yellow]{report.provider_note}[/]")
     table.add_row("speed", f"{report.images_per_second:.2f} images/s ({report.seconds:.1f} s total)")
-    objects = [r for r in report.results if r.status == "done" and r.least_certain]
+    objects = [r for r in report.results if r.status == "done" and r.objects is not None]
     if objects:
-        table.add_row("objects", f"{sum(r.objects for r in objects)}, {sum(r.uncertain for r in objects)} flagged "
-                                 f"uncertain (mean consensus < 0.5)")
+        table.add_row("objects", f"{sum(r.objects.count for r in objects)} in {len(objects)} image(s), "
+                                 f"{sum(r.objects.uncertain for r in objects)} flagged uncertain (mean consensus < 0.5)")
     out.print(table)
-    if objects:
+    if any(r.objects.count for r in objects):
         out.print(_least_certain_table(objects))
     for r in report.failed:
         out.print(f"[red]failed:[/] {r.path}")
@@ -166,12 +166,12 @@ def _least_certain_table(results):
     """The least certain objects of each image (lowest mean consensus): the ones to check by hand."""
     from rich.table import Table
 
-    stacks = any("z" in row for r in results for row in r.least_certain)
+    stacks = any("z" in row for r in results for row in r.objects.least_certain)
     table = Table(title="least certain objects (lowest mean consensus; all objects in NAME_objects.csv)", title_justify="left")
     for name in ("image", "id", *(("z",) if stacks else ()), "y", "x", "area", "consensus", "std", "flag"):
         table.add_column(name, justify="left" if name == "image" else "right")
     for r in results:
-        for row in r.least_certain:
+        for row in r.objects.least_certain:
             z = (str(row.get("z", "")),) if stacks else ()
             table.add_row(Path(r.path).name, str(row["id"]), *z, f"{row['centroid_y']:.0f}", f"{row['centroid_x']:.0f}",
                           str(row["area"]), f"{row['mean_consensus']:.3f}", f"{row['mean_std']:.3f}",

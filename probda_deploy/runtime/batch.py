@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from ..errors import ConfigError, ProbdaError
 from . import ome_zarr as oz
 from .executors import LocalExecutor, open_executor
-from .instances import InstanceConfig, least_certain
+from .instances import InstanceConfig, ObjectSummary
 from .outputs import (DEFAULT_OUTPUTS, FORMATS, INSTANCE_OUTPUTS, check_outputs, choose_format, output_paths, parse_outputs,
                       remove_stale_temps, tiff_outputs)
 from .predict import predict_image
@@ -35,7 +35,6 @@ from .sinks import TiffSink, ZarrSink
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 1024  # OME-Zarr sinks keep a preview of at most this side in memory
-LEAST_CERTAIN = 5  # objects per image the report lists (lowest mean consensus)
 
 
 @dataclass
@@ -51,9 +50,7 @@ class FileResult:
     format: str = "tif"
     blocks: tuple[int, int] = (0, 0)  # OME-Zarr: (blocks written now, total)
     preview: Path | None = None  # OUT/preview/NAME.png when previews were asked for
-    objects: int = 0  # with the object table: objects found, how many flagged uncertain, the least certain rows
-    uncertain: int = 0
-    least_certain: tuple[dict, ...] = ()
+    objects: ObjectSummary | None = None  # with the object table: count, flagged uncertain, the least certain rows
 
 
 @dataclass
@@ -187,15 +184,14 @@ def segment_file(path: Path, options: SegmentOptions, fmt: str, executor=None, *
         blocks = predict_image(ref, source, sink, eps=eps, tile=options.tile, halo=options.halo, normalize=options.normalize,
                                executor=executor.labelled(str(path)), check=path, on_progress=on_progress)
         preview = _write_preview(path, sink, image, options) if options.preview else None
-        rows = getattr(sink, "object_rows", [])
+        objects = getattr(sink, "object_summary", None)
     except ProbdaError as e:
         return FileResult(path, "failed", str(e) if str(e).startswith(str(path)) else f"{path}: {e}", format=fmt)
     except (OSError, ValueError, RuntimeError, MemoryError) as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         return FileResult(path, "failed", f"{path}: {type(e).__name__}: {msg}", format=fmt)
     return FileResult(path, "done", seconds=time.perf_counter() - t0, shape=shape, outputs=targets, format=fmt,
-                      blocks=blocks, preview=preview, objects=len(rows), uncertain=sum(r["uncertain"] for r in rows),
-                      least_certain=tuple(least_certain(rows, LEAST_CERTAIN)))
+                      blocks=blocks, preview=preview, objects=objects)
 
 
 def _write_preview(path: Path, sink, image, options: SegmentOptions) -> Path | None:

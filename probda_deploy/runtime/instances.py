@@ -9,8 +9,11 @@ scikit-image only (no torch).
 from __future__ import annotations
 
 import csv
+import heapq
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -127,27 +130,64 @@ def merge_sums(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return ids, sums
 
 
-def object_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5) -> list[dict]:
-    """Rows of the object table (see `object_table`) from per-object sums."""
-    area = sums[:, 0]
-    mean = sums / np.maximum(area, 1)[:, None]
-    return [{"id": int(i), "centroid_y": float(m[1]), "centroid_x": float(m[2]), "area": int(a),
-             "mean_prob": float(m[3]), "mean_consensus": float(m[4]), "mean_std": float(m[5]),
-             "uncertain": bool(m[4] < disagree)} for i, a, m in zip(ids, area, mean)]
+def object_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5, planes: np.ndarray | None = None) -> list[dict]:
+    """Rows of the object table (see `object_table`) from per-object sums; `planes`: each object's slice `z` (stacks)."""
+    return list(iter_rows(ids, sums, disagree=disagree, planes=planes))
 
 
-def least_certain(rows: list[dict], n: int = 10) -> list[dict]:
+def iter_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5, planes: np.ndarray | None = None) -> Iterator[dict]:
+    """`object_rows` one at a time (a whole slide's table is written without holding a dict per object)."""
+    for j, i in enumerate(ids):
+        a = sums[j, 0]
+        m = sums[j] / max(a, 1)
+        row = {"id": int(i), "centroid_y": float(m[1]), "centroid_x": float(m[2]), "area": int(a),
+               "mean_prob": float(m[3]), "mean_consensus": float(m[4]), "mean_std": float(m[5]),
+               "uncertain": bool(m[4] < disagree)}
+        yield row if planes is None else {"z": int(planes[j]), **row}
+
+
+@dataclass(frozen=True)
+class ObjectSummary:
+    """What a report says of an image's objects: how many, how many flagged `uncertain`, the least certain rows."""
+
+    count: int
+    uncertain: int
+    least_certain: tuple[dict, ...]
+
+
+def summarize_objects(rows: Iterable[dict], n: int = 5) -> ObjectSummary:
+    """Count the rows (a list or a stream) and keep the n least certain (`least_certain`), in one pass."""
+    counts = [0, 0]
+
+    def counted():
+        for r in rows:
+            counts[0] += 1
+            counts[1] += int(r["uncertain"])
+            yield r
+
+    least = least_certain(counted(), n)
+    return ObjectSummary(counts[0], counts[1], tuple(least))
+
+
+def least_certain(rows: Iterable[dict], n: int = 10) -> list[dict]:
     """The n objects with the lowest mean consensus (ties: larger std first)."""
-    return sorted(rows, key=lambda r: (r["mean_consensus"], -r["mean_std"]))[:n]
+    return heapq.nsmallest(n, rows, key=lambda r: (r["mean_consensus"], -r["mean_std"]))
 
 
-def write_object_csv(path: str | Path, rows: list[dict]) -> Path:
-    """Write the object table as CSV (columns OBJECT_COLUMNS, after `z` for stacks; floats with 4 decimals), atomically."""
+def write_object_csv(path: str | Path, rows: Iterable[dict], *, stack: bool | None = None) -> Path:
+    """Write the object table as CSV (columns OBJECT_COLUMNS, after `z` for stacks; floats with 4 decimals), atomically.
+
+    Args:
+        rows: rows (a list or a stream); `stack` says whether they carry `z` (default: the first row says).
+    """
     path = Path(path)
-    columns = (("z",) if rows and "z" in rows[0] else ()) + OBJECT_COLUMNS
+    rows = iter(rows)
+    first = next(rows, None)
+    stack = (first is not None and "z" in first) if stack is None else stack
+    columns = (("z",) if stack else ()) + OBJECT_COLUMNS
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
-        for r in rows:
+        for r in itertools.chain([first] if first is not None else [], rows):
             w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else int(v) if isinstance(v, bool) else v) for k, v in r.items()})
     return path

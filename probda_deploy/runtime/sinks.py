@@ -25,7 +25,7 @@ import numpy as np
 from ..data.io import write_tiff_atomic
 from ..errors import ConfigError
 from . import ome_zarr as oz
-from .instances import InstanceConfig, object_table, separate_instances, write_object_csv
+from .instances import InstanceConfig, ObjectSummary, iter_rows, object_table, separate_instances, summarize_objects, write_object_csv
 from .zarr_instances import label_blocks
 from .tiling import Tile
 
@@ -90,14 +90,15 @@ class TiffSink(MemorySink):
     def __init__(self, shape: tuple[int, ...], *, targets: dict[str, Path], threshold: float):
         super().__init__(shape)
         self.targets, self.threshold = dict(targets), float(threshold)
-        self.object_rows: list[dict] = []  # the object table, once finished (with "objects")
+        self.object_summary: ObjectSummary | None = None  # with "objects", once finished
 
     def finish(self, executor=None) -> tuple[Path, ...]:
         maps = self.output_maps()
         for kind, target in self.targets.items():
             if kind == "objects":
-                self.object_rows = self.objects(maps["instances"])
-                write_object_csv(target, self.object_rows)
+                rows = self.objects(maps["instances"])
+                write_object_csv(target, rows, stack=len(self.shape) == 3)
+                self.object_summary = summarize_objects(rows)
             else:
                 write_tiff_atomic(target, maps[kind], compression="zlib", photometric="minisblack")
         return tuple(self.targets.values())
@@ -170,7 +171,7 @@ class ZarrSink:
     preview: dict = field(default_factory=dict)
     instances: InstanceConfig | None = None
     objects: Path | None = None
-    object_rows: list = field(default_factory=list)  # the object table, once finished
+    object_summary: ObjectSummary | None = None  # with `objects`, once finished
 
     @property
     def partial(self) -> Path:
@@ -223,8 +224,10 @@ class ZarrSink:
     def finish(self, executor=None) -> Path:
         """Label instances block by block (tasks on `executor`), write the object table, rename the output."""
         if self.layout.instances:
-            self.object_rows = label_blocks(self.partial, self.layout, self.instances or InstanceConfig(threshold=self.threshold),
-                                            executor=executor, table=self.objects is not None)
-            if self.objects is not None:
-                write_object_csv(self.objects, self.object_rows)
+            cfg = self.instances or InstanceConfig(threshold=self.threshold)
+            ids, sums, planes = label_blocks(self.partial, self.layout, cfg, executor=executor, table=self.objects is not None)
+            if self.objects is not None:  # streamed from the per-object sums: no dict per object is held
+                write_object_csv(self.objects, iter_rows(ids, sums, disagree=cfg.disagree, planes=planes),
+                                 stack=planes is not None)
+                self.object_summary = summarize_objects(iter_rows(ids, sums, disagree=cfg.disagree, planes=planes))
         return oz.finalize(self.partial, self.final)

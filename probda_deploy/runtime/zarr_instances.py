@@ -30,7 +30,7 @@ import numpy as np
 
 from . import ome_zarr as oz
 from .executors import LocalExecutor
-from .instances import SUMS, InstanceConfig, merge_sums, object_rows, object_sums, separate_instances
+from .instances import SUMS, InstanceConfig, merge_sums, object_sums, separate_instances
 from .tiling import Tile, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def block_grid(layout: oz.ZarrLayout, halo: int) -> list[Tile]:
     return plan_tiles(layout.shape[-2:], multiple=1, tile=layout.chunk, halo=halo)
 
 
-def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, executor=None, table: bool = True) -> list[dict]:
+def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, executor=None,
+                 table: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Write `labels/instances` (all levels) of the output at `path` and return its object table.
 
     Args:
@@ -54,7 +55,8 @@ def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, exec
         table: also compute the per-object rows (needs the consensus and std channels).
 
     Returns:
-        Object rows (`instances.object_table` columns, plus `z` for stacks), ids ascending; [] without `table`.
+        (ids (n,), sums (n, 6), planes (n,) or None for 2D) of the objects, ids ascending (see
+        `instances.object_sums`; `instances.iter_rows` turns them into table rows); n = 0 without `table`.
     """
     cfg.check()
     executor = executor or LocalExecutor()
@@ -65,15 +67,12 @@ def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, exec
     luts = merge_borders(tiles, {k: found[_name(k)] for k in keys})
     jobs = [(_name(k), (path, layout, k[0], tiles[k[1]], luts[k], table)) for k in keys]
     parts = dict(executor.run(relabel_task, jobs))
-    if not table:
-        return []
     ids, sums = merge_sums([parts[_name(k)] for k in keys])
-    rows = object_rows(ids, sums, disagree=cfg.disagree)
-    if planes[0] is not None:
-        plane_of = {int(i): k[0] for k in keys for i in parts[_name(k)][0]}
-        rows = [{"z": plane_of[r["id"]], **r} for r in rows]
-    log.info("%s: %d objects in %d blocks", path, len(rows), len(keys))
-    return rows
+    log.info("%s: %d objects in %d blocks", path, len(ids), len(keys))
+    if planes[0] is None:
+        return ids, sums, None
+    ends = np.maximum.accumulate([max((int(luts[k].max()) for k in keys if k[0] == z), default=0) for z in planes])
+    return ids, sums, np.searchsorted(ends, ids, side="left")  # ids of plane z are (ends[z-1], ends[z]]
 
 
 def _name(key: tuple[int | None, int]) -> str:

@@ -70,6 +70,19 @@ def test_cluster_blocks_equal_single_process(sampler, cluster, tmp_path):
     np.testing.assert_array_equal(a["labels/mask/1"][:], b["labels/mask/1"][:])
 
 
+def test_cluster_instances_equal_single_process(sampler, cluster, tmp_path, blobs):
+    """OME-Zarr instances labelled block by block on the workers: the same ids and object table as in one process."""
+    tifffile.imwrite(tmp_path / "cells.tif", blobs((200, 180), seed=3))
+    kw = dict(samples=3, seed=2, tile=64, device="cpu", fmt="ome-zarr", outputs="prob,consensus,std,instances,objects")
+    one = segment(sampler, tmp_path / "cells.tif", tmp_path / "one", **kw)
+    many = segment(sampler, tmp_path / "cells.tif", tmp_path / "many", scheduler=cluster.scheduler_address, **kw)
+    assert one.done == many.done == 1 and many.results[0].objects == one.results[0].objects and one.results[0].objects.count > 0
+    a, b = (zarr.open_group(str(tmp_path / d / "cells.ome.zarr"), mode="r") for d in ("one", "many"))
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(a[f"labels/instances/{level}"][:], b[f"labels/instances/{level}"][:])
+    assert (tmp_path / "one" / "cells_objects.csv").read_text() == (tmp_path / "many" / "cells_objects.csv").read_text()
+
+
 def test_cluster_failures_are_named(sampler, cluster, folder, tmp_path):
     (folder / "broken.tif").write_bytes(b"not a tiff")
     report = segment(sampler, folder, tmp_path / "out", samples=2, device="cpu", scheduler=cluster.scheduler_address)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from probda_deploy.runtime.instances import (OBJECT_COLUMNS, InstanceConfig, least_certain, object_table,
-                                             separate_instances, write_object_csv)
+                                             separate_instances, summarize_objects, write_object_csv)
 
 
 def _ellipse(shape, cy, cx, ry, rx):
@@ -71,6 +71,10 @@ def test_object_table_matches_a_hand_computation(tmp_path):
     assert (two["area"], two["centroid_y"], two["centroid_x"]) == (3, 2.0, 4.0)
     assert two["mean_consensus"] == pytest.approx(0.25) and two["mean_std"] == pytest.approx(0.3) and two["uncertain"]
     assert least_certain(rows, 1)[0]["id"] == 2
+    summary = summarize_objects(iter(rows), 1)  # one pass over a stream, as for a whole slide's table
+    assert (summary.count, summary.uncertain, [r["id"] for r in summary.least_certain]) == (2, 1, [2])
+    stack = write_object_csv(tmp_path / "empty_objects.csv", [], stack=True)
+    assert stack.read_text().splitlines() == [",".join(("z",) + OBJECT_COLUMNS)]
     path = write_object_csv(tmp_path / "img_objects.csv", rows)
     read = list(csv.DictReader(open(path)))
     assert tuple(read[0]) == OBJECT_COLUMNS

@@ -251,11 +251,11 @@ def test_instances_and_object_table_equal_the_tiff_path(sampler, tmp_path):
     np.testing.assert_array_equal(root["0"][0], tifffile.imread(tmp_path / "tif" / "obj_prob.tif"))
     pairs = np.unique(np.stack([a.ravel().astype(np.int64), b.ravel()]), axis=1)
     assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]  # a relabelling: one id per object
-    assert rt.objects == rz.objects == int(a.max()) > 3 and rt.uncertain == rz.uncertain
+    assert rt.objects.count == rz.objects.count == int(a.max()) > 3 and rt.objects.uncertain == rz.objects.uncertain
     key = ("centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain")
     rows = [sorted(tuple(r[k] for k in key) for r in csv.DictReader(open(p)))
             for p in (tmp_path / "tif" / "obj_objects.csv", rz.outputs[1])]
     assert rows[0] == rows[1]
-    assert [r["id"] for r in rz.least_certain] == [int(r["id"]) for r in sorted(
+    assert [r["id"] for r in rz.objects.least_certain] == [int(r["id"]) for r in sorted(
         (r for r in csv.DictReader(open(rz.outputs[1]))), key=lambda r: (float(r["mean_consensus"]), -float(r["mean_std"])))][:5]
     assert dict(root.attrs)["probda"]["settings"]["instances"] is True

@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from probda_deploy.runtime import ome_zarr as oz
-from probda_deploy.runtime.instances import InstanceConfig, object_table, separate_instances, write_object_csv
+from probda_deploy.runtime.instances import InstanceConfig, iter_rows, object_table, separate_instances, write_object_csv
 from probda_deploy.runtime.zarr_instances import block_grid, label_blocks
 
 
@@ -57,13 +57,13 @@ def test_an_object_straddling_block_borders_gets_one_id(tmp_path):
     assert (left & right).any()
     prob = np.where(corner | long | left | right, 0.9, 0.1).astype(np.float32)
     path, layout = _output(tmp_path, prob, chunk=16)
-    rows = label_blocks(path, layout, InstanceConfig(block_halo=16))
+    ids, _, _ = label_blocks(path, layout, InstanceConfig(block_halo=16))
     labels = _instances(path)
     for obj in (corner, long):
         assert len(np.unique(labels[obj])) == 1 and labels[obj][0] > 0
     assert len(np.unique(labels[left & ~right])) == 1 and len(np.unique(labels[right & ~left])) == 1
     assert labels[14, 36] != labels[14, 55]  # the touching pair stays two objects
-    assert len(rows) == labels.max() == 4 and [r["id"] for r in rows] == [1, 2, 3, 4]
+    assert labels.max() == 4 and ids.tolist() == [1, 2, 3, 4]
     np.testing.assert_array_equal(_instances(path, 1), labels[::2, ::2])  # pyramid: nearest
     # a halo of 1 px still never cuts: the borders are joined wherever the two blocks' ids meet
     path2, _ = _output(tmp_path / "h1", prob, chunk=16)
@@ -84,7 +84,8 @@ def test_blockwise_ids_equal_the_whole_image_up_to_numbering(tmp_path):
     consensus = rng.random(shape).astype(np.float32)
     std = rng.random(shape).astype(np.float32)
     path, layout = _output(tmp_path, prob, chunk=32, consensus=consensus, std=std)
-    rows = label_blocks(path, layout, InstanceConfig())  # block halo 64 px > every clump
+    ids, sums, planes = label_blocks(path, layout, InstanceConfig())  # block halo 64 px > every clump
+    rows = list(iter_rows(ids, sums, planes=planes))
     labels = _instances(path)
     n = 0
     for z in range(2):
@@ -107,8 +108,9 @@ def test_object_csv_of_blocks_matches_a_hand_computation(tmp_path):
     std = np.zeros_like(prob)
     std[5:8, 6:10] = 0.2
     path, layout = _output(tmp_path, prob, chunk=4, consensus=consensus, std=std)
-    rows = label_blocks(path, layout, InstanceConfig(min_size=0, sigma=0, block_halo=4))
-    out = write_object_csv(tmp_path / "img_objects.csv", rows)
+    ids, sums, planes = label_blocks(path, layout, InstanceConfig(min_size=0, sigma=0, block_halo=4))
+    assert planes is None
+    out = write_object_csv(tmp_path / "img_objects.csv", iter_rows(ids, sums))
     assert list(csv.DictReader(open(out))) == [
         {"id": "1", "centroid_y": "2.0000", "centroid_x": "4.0000", "area": "15", "mean_prob": "0.8000",
          "mean_consensus": "1.0000", "mean_std": "0.0000", "uncertain": "0"},
