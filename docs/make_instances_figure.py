@@ -6,7 +6,7 @@
 Segments one labeled target test image of the demo with the demo's adapted export
 (`probda segment --instances` as a library call: the same seeded watershed and object
 table) and draws three panels: the image, the instances in random colours with the
-least certain objects (lowest mean consensus, `FileResult.least_certain`) outlined
+least certain objects (lowest mean consensus, `FileResult.objects.least_certain`) outlined
 in red and numbered, and the consensus map with the same outlines.
 """
 
@@ -42,8 +42,8 @@ def draw(image: np.ndarray, instances: np.ndarray, consensus: np.ndarray, least:
     fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.02)
     for ax in axes[1:]:
         for rank, row in enumerate(least, 1):
-            ax.contour(instances == row["id"], levels=[0.5], colors="red", linewidths=1.2)
-            ax.text(row["centroid_x"], row["centroid_y"], str(rank), color="white", fontsize=8, ha="center", va="center",
+            ax.contour(instances == row["id"], levels=[0.5], colors="red", linewidths=2)
+            ax.text(row["centroid_x"], row["centroid_y"], str(rank), color="yellow", fontsize=9, ha="center", va="center",
                     fontweight="bold")
     for ax in axes:
         ax.set_axis_off()
@@ -58,7 +58,7 @@ def draw(image: np.ndarray, instances: np.ndarray, consensus: np.ndarray, least:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo_out"), help="folder written by `probda demo`")
-    parser.add_argument("--image", default="img_000.tif", help="a file in DEMO/target_test/images")
+    parser.add_argument("--image", default="img_001.tif", help="a file in DEMO/target_test/images")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("instances.png"))
     args = parser.parse_args()
@@ -70,8 +70,8 @@ def main() -> None:
         if result.status != "done":
             raise SystemExit(result.error)
         instances, consensus = (tifffile.imread(Path(tmp) / f"{path.stem}_{k}.tif") for k in ("instances", "consensus"))
-    out = draw(tifffile.imread(path), instances, consensus, list(result.least_certain), args.out)
-    print(f"{out}: {result.objects} objects, {result.uncertain} flagged uncertain, "
+    out = draw(tifffile.imread(path), instances, consensus, list(result.objects.least_certain), args.out)
+    print(f"{out}: {result.objects.count} objects, {result.objects.uncertain} flagged uncertain, "
           f"{out.stat().st_size / 1024:.0f} KB")
 
 
