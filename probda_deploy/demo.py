@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 DEMO_TRAIN = TrainConfig(model="punet-small", iterations=100, batch_size=4, patch_size=128, lr=1e-3,
                          val_every=50, val_fraction=0.15, augment="robust")
 DEMO_ADAPT = AdaptConfig(strategy="mean-teacher", filter="masking", iterations=100, batch_size=4, patch_size=128,
-                         ema=0.97, samples=16, val_every=50)
+                         samples=16, val_every=50)
 # dim objects on a brighter, unevenly lit background: the source model is unsure there, which is
 # where consensus-filtered self-training helps (benchmarks/RESULTS.md)
 DEMO_SHIFT = "dim-gradient"

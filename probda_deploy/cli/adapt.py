@@ -66,7 +66,7 @@ def adapt(
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="[default: 256 on CUDA, 128 on CPU]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="(paper: 2)")] = 4,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 3e-4,
-    ema: Annotated[float, typer.Option("--ema", help="Teacher EMA momentum (paper: 0.999 over 10k steps).")] = 0.99,
+    ema: Annotated[Optional[float], typer.Option("--ema", help="Teacher EMA momentum [default: 1 - 3 / iterations, e.g. 0.997 for 1000] (paper: 0.999 over 10k steps).")] = None,
     distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
     loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
     teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
@@ -99,7 +99,8 @@ def adapt(
                       student_view=student_view and student_view.value, normalization=normalization.value,
                       val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed)
     run_dir = new_run_dir("adapt", output)
-    err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  device: {dev}")
+    err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  "
+              f"teacher EMA: {cfg.momentum:.4g}  device: {dev}")
     from ..errors import TrainingStopped
     from .progress import training_progress
 

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 
 from ..errors import ImageReadError
-from ..files import atomic_path, current_umask  # noqa: F401  (re-exported: data.io.atomic_path)
+from ..files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
         "normalization": src_ckpt.get("normalization", {}),
         "provenance": {
             **(provenance or {}), "source_checkpoint": str(source), "source_sha256": sha256_file(source),
-            "strategy": cfg.name, "filter": cfg.filter, "consensus": cfg.consensus,
+            "strategy": cfg.name, "filter": cfg.filter, "consensus": cfg.consensus, "teacher_ema": cfg.momentum,
             "target": str(target), "target_images": train.names, "val_images": val.names,
             "target_labels": None if target_labels is None else str(target_labels),
             "source_images": None if source_images is None else str(source_images),

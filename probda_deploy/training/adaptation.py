@@ -30,15 +30,17 @@ from .validation import dice_scores, mean_prediction
 
 STRATEGIES = ("mean-teacher", "fixmatch")
 SELECT_ON = ("last", "pseudo", "labels")
+TEACHER_HORIZONS = 3.0
 
 
 @dataclass(frozen=True)
 class AdaptConfig:
     """Adaptation options. Paper (LiveCELL): lr 1e-5, 10k iterations, batch 2, EMA 0.999.
 
-    probda scales the run to CPU budgets: 1000 iterations at lr 1e-4, and EMA
-    0.99 so the teacher integrates the same fraction of the run (0.999 over
-    10k steps ~ 0.99 over 1k steps).
+    probda scales the run to CPU budgets: 1000 iterations at lr 3e-4. The
+    teacher's EMA momentum follows the run length (`momentum`): the teacher
+    covers TEACHER_HORIZONS time constants of 1 / (1 - momentum) steps over the
+    run, so a longer run adapts as far, only more smoothly.
     """
 
     strategy: str = "mean-teacher"
@@ -52,7 +54,7 @@ class AdaptConfig:
     batch_size: int = 4
     patch_size: int = 256
     lr: float = 3e-4
-    ema: float = 0.99
+    ema: float | None = None  # None: 1 - TEACHER_HORIZONS / iterations (see `momentum`)
     distribution_alignment: bool | None = None  # None: on for FixMatch, off for mean teacher
     reconstruction: str = "dice"
     # views (data/augment.VIEWS); None = the strategy's default (see `views`)
@@ -80,6 +82,19 @@ class AdaptConfig:
         return self.teacher_view or "none", self.student_view or student
 
     @property
+    def momentum(self) -> float:
+        """Teacher EMA momentum: `ema`, or 1 - TEACHER_HORIZONS / iterations within [0.9, 0.9999].
+
+        Self-training feeds the teacher's labels back through the student, and how far the model
+        moves is set by how many teacher time constants the run spans, not by the iterations:
+        measured, 300 iterations at 0.99 end where 100 at 0.97 peak, and 300 at 0.97 drift past it
+        (benchmarks/RESULTS.md).
+        """
+        if self.ema is not None:
+            return self.ema
+        return min(max(1 - TEACHER_HORIZONS / max(self.iterations, 1), 0.9), 0.9999)
+
+    @property
     def aligned(self) -> bool:
         return self.strategy == "fixmatch" if self.distribution_alignment is None else self.distribution_alignment
 
@@ -92,7 +107,7 @@ class AdaptConfig:
             raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"--select-on must be one of {', '.join(SELECT_ON)}, not '{self.select_on}'")
-        if not 0 <= self.ema < 1:
+        if self.ema is not None and not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
         for flag, view in (("--teacher-view", self.teacher_view), ("--student-view", self.student_view)):
             if view is not None and view not in VIEWS:
@@ -176,7 +191,7 @@ class SelfTrainingStrategy:
         self._iteration = iteration
         if self.teacher is None:
             return
-        momentum = min(1 - 1 / (iteration + 1), self.cfg.ema) if self.cfg.joint else self.cfg.ema
+        momentum = min(1 - 1 / (iteration + 1), self.cfg.momentum) if self.cfg.joint else self.cfg.momentum
         ema_update(self.teacher, self.model, momentum)
 
     def validate(self) -> dict[str, float]:

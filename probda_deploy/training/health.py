@@ -8,7 +8,12 @@ without labels, and what each tells:
   PUNet samples still disagree anywhere;
 - where the prediction changed: self-training that works resolves pixels the
   source model was unsure of (consensus < 1); changes of pixels the source model
-  was sure of are drift (the model re-learning its own bias).
+  was sure of are drift (the model re-learning its own bias);
+- whether the model became surer of the target: self-training minimises
+  uncertainty on the target, so a run whose mean consensus falls well below the
+  source model's has learnt from pseudo-labels that disagree with each other
+  (measured: unfiltered runs that lost dice lost 0.25-0.34 consensus, runs that
+  gained lost at most 0.06; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class HealthBounds:
     unchanged: float = 0.002
     # share of changes on pixels the source model was sure of above which the run counts as drifting
     drift: float = 0.5
+    # mean consensus below this fraction of the source model's: the run made the model less sure of the target
+    unsure: float = 0.85
 
 
 @dataclass
@@ -107,6 +114,9 @@ def verdict(source: Snapshot, now: Snapshot, bounds: HealthBounds = HealthBounds
     share = float(changed.mean())
     if share < bounds.unchanged:
         return "unchanged", f"only {100 * share:.2f}% of held-out target pixels changed class"
+    if now.consensus < bounds.unsure * source.consensus:
+        return "drifting", (f"mean consensus fell from {source.consensus:.3f} to {now.consensus:.3f}: the model grew "
+                            "less sure of the target, its pseudo-labels disagree")
     on_sure = float((changed & source.certain).sum() / max(changed.sum(), 1))
     if on_sure > bounds.drift:
         return "drifting", (f"{100 * on_sure:.0f}% of the {100 * share:.1f}% pixels that changed class were pixels "

@@ -25,6 +25,21 @@ def test_ema_update_arithmetic(tiny_punet):
         torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * student.state_dict()[k])
 
 
+def test_teacher_momentum_follows_the_run_length(tiny_punet):
+    # the teacher spans 3 time constants of 1 / (1 - momentum) steps over the run, whatever its length
+    assert AdaptConfig(iterations=100).momentum == pytest.approx(0.97)
+    assert AdaptConfig(iterations=1000).momentum == pytest.approx(0.997)
+    assert AdaptConfig(iterations=10).momentum == 0.9 and AdaptConfig(iterations=10**6).momentum == 0.9999
+    assert AdaptConfig(iterations=1000, ema=0.5).momentum == 0.5
+    strategy = SelfTrainingStrategy(copy.deepcopy(tiny_punet), replace(CFG, iterations=300), None, {"x": None})
+    before = {k: v.clone() for k, v in strategy.teacher.state_dict().items()}
+    for p in strategy.model.parameters():
+        p.data.add_(1.0)
+    strategy.on_step_end(1)
+    for k, v in strategy.teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k] + 0.01)
+
+
 def test_distribution_alignment_arithmetic():
     # source 50% foreground, target 25%: foreground x 0.5/0.25 = 2, background x 0.5/0.75 = 2/3, renormalised
     y = torch.tensor([0.0, 0.25, 0.5, 1.0])

@@ -70,6 +70,9 @@ def test_verdicts_from_hand_built_snapshots():
     assert word == "drifting" and "sure" in reason
     empty = _snap([[0, 0, 0, 0]] * 4, [[1, 1, 1, 1]] * 4)
     assert "collapsed" in collapse(src, empty) and verdict(src, empty)[0] == "drifting"
+    unsure = _snap([[1, 1, 1, 0]] * 4, [[0, 0, 0, 1]] * 4)  # column 2 fixed, but now unsure almost everywhere
+    word, reason = verdict(src, unsure)
+    assert word == "drifting" and "less sure" in reason
     flood = _snap([[1, 1, 1, 1]] * 4, [[1, 1, 1, 1]] * 4)
     assert collapse(src, flood) is None  # 2x: within the default bound of 3x
 
