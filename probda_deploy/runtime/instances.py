@@ -93,7 +93,7 @@ def object_table(labels: np.ndarray, maps: dict[str, np.ndarray], *, disagree: f
         maps: "prob", "consensus" and "std", each (H, W) float.
         disagree: `uncertain` = mean consensus < disagree (the samples disagree on the object).
     """
-    return object_rows(*object_sums(labels, maps), disagree=disagree)
+    return list(iter_rows(*object_sums(labels, maps), disagree=disagree))
 
 
 SUMS = ("area", "y", "x", "prob", "consensus", "std")  # the columns of `object_sums`
@@ -130,13 +130,9 @@ def merge_sums(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return ids, sums
 
 
-def object_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5, planes: np.ndarray | None = None) -> list[dict]:
-    """Rows of the object table (see `object_table`) from per-object sums; `planes`: each object's slice `z` (stacks)."""
-    return list(iter_rows(ids, sums, disagree=disagree, planes=planes))
-
-
 def iter_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5, planes: np.ndarray | None = None) -> Iterator[dict]:
-    """`object_rows` one at a time (a whole slide's table is written without holding a dict per object)."""
+    """Rows of the object table (see `object_table`) from per-object sums, one at a time (a whole slide's table is
+    written without holding a dict per object); `planes`: each object's slice `z` (stacks)."""
     for j, i in enumerate(ids):
         a = sums[j, 0]
         m = sums[j] / max(a, 1)
