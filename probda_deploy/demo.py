@@ -86,7 +86,7 @@ def run_demo(out_dir: Path, *, seed: int = 0, device: str = "cpu",
               on_progress=progress("adapt (mean teacher, masking)", acfg.iterations) if progress else None,
               resume=(arun / "latest.pt").exists())
     adapted_ckpt = arun / "best.pt"
-    res.artifacts.append(("adapted model (EMA teacher)", adapted_ckpt))
+    res.artifacts.append(("adapted model (EMA model)", adapted_ckpt))
     health = json.loads((arun / HEALTH_FILE).read_text())
 
     with timer("export"):

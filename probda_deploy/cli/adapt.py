@@ -43,6 +43,11 @@ class View(str, Enum):
     strong_intensity = "strong-intensity"
 
 
+class TeacherName(str, Enum):
+    source = "source"
+    ema = "ema"
+
+
 class Scope(str, Enum):
     image = "image"
     patch = "patch"
@@ -52,7 +57,8 @@ def adapt(
     source: Annotated[Path, typer.Argument(help="Source model checkpoint (.pt) from `probda train` or `probda import`.")],
     target: Annotated[Path, typer.Option("-t", "--target", help="Folder (or glob) of unlabeled target images.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run folder; default ./runs/adapt-<timestamp>/.")] = None,
-    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (EMA teacher, two weak views) | fixmatch (weak -> strong view).")] = StrategyName.mean_teacher,
+    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (a teacher labels a clean view, the student learns it from a noisy one; the EMA model is deployed) | fixmatch (weak -> strong view).")] = StrategyName.mean_teacher,
+    teacher: Annotated[Optional[TeacherName], typer.Option("--teacher", help="Mean-teacher pseudo-labels from: source (the frozen source model) | ema (the EMA model, the paper). The EMA of the student is deployed either way. [default: source; ema with --from-scratch]")] = None,
     joint: Annotated[bool, typer.Option("--joint", help="Joint training with labeled source batches (AdaMT / AdaMatch).")] = False,
     source_images: Annotated[Optional[Path], typer.Option("--source-images", help="Labeled source images (for --joint).")] = None,
     source_labels: Annotated[Optional[Path], typer.Option("--source-labels", help="Source labels folder (for --joint).")] = None,
@@ -66,7 +72,7 @@ def adapt(
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="[default: 256 on CUDA, 128 on CPU]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="(paper: 2)")] = 4,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 3e-4,
-    ema: Annotated[Optional[float], typer.Option("--ema", help="Teacher EMA momentum [default: 1 - 3 / iterations, e.g. 0.997 for 1000] (paper: 0.999 over 10k steps).")] = None,
+    ema: Annotated[Optional[float], typer.Option("--ema", help="EMA momentum of the deployed model (the teacher too with --teacher ema) [default: 1 - 3 / iterations, e.g. 0.997 for 1000] (paper: 0.999 over 10k steps).")] = None,
     distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
     loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
     teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
@@ -92,7 +98,7 @@ def adapt(
         raise ConfigError("--resume needs -o/--output pointing at the run to continue")
     dev = resolve_device(device)
     patch_size = patch_size or (128 if dev == "cpu" else 256)
-    cfg = AdaptConfig(strategy=strategy.value, joint=joint, filter=filter_.value, consensus=consensus.value,
+    cfg = AdaptConfig(strategy=strategy.value, teacher=teacher and teacher.value, joint=joint, filter=filter_.value, consensus=consensus.value,
                       samples=samples, upper=upper, lower=lower, iterations=iterations, batch_size=batch_size,
                       patch_size=patch_size, lr=lr, ema=ema, distribution_alignment=distribution_alignment,
                       reconstruction=loss.value, teacher_view=teacher_view and teacher_view.value,
@@ -100,7 +106,7 @@ def adapt(
                       val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed)
     run_dir = new_run_dir("adapt", output)
     err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  "
-              f"teacher EMA: {cfg.momentum:.4g}  device: {dev}")
+              f"pseudo-labels: {cfg.labeler}  EMA: {cfg.momentum:.4g}  device: {dev}")
     from ..errors import TrainingStopped
     from .progress import training_progress
 
@@ -117,7 +123,7 @@ def adapt(
     if "val_dice" in m:
         summary += f", target val dice {m['val_dice']:.3f}"
     out.print(f"[green]done[/]: {cfg.name} ({cfg.filter}) {result.iterations} iterations in {result.seconds:.0f}s on {result.device}; {summary}")
-    deployed = "EMA teacher" if cfg.strategy == "mean-teacher" else "model"
+    deployed = "EMA model" if cfg.strategy == "mean-teacher" else "model"
     out.print(f"checkpoints (deploy the {deployed}): {run_dir / 'best.pt'}, {run_dir / 'latest.pt'}")
     _print_health(run_dir)
 

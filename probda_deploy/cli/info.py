@@ -38,7 +38,7 @@ def describe_checkpoint(path: Path) -> None:
         "best metric": str(ckpt.get("best_metric", "-")),
         "metrics": metrics,
         "sample diversity": diversity,
-        "deploys": "teacher (EMA) weights" if "teacher_state_dict" in ckpt else "model weights",
+        "deploys": "EMA model weights" if "teacher_state_dict" in ckpt else "model weights",
         "normalization": ckpt.get("normalization", {}),
         "train config": ckpt.get("train_config", {}),
         "adapt config": ckpt.get("adapt_config", "-"),

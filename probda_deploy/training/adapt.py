@@ -47,12 +47,13 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
           on_progress: Callable | None = None) -> FitResult:
     """Adapt a source checkpoint to unlabeled target images; writes best.pt/latest.pt into run_dir.
 
-    The checkpoints deploy the EMA teacher for mean-teacher runs. On resume the
+    The checkpoints deploy the EMA model (the student's average) for mean-teacher runs. On resume the
     options stored in run_dir/latest.pt are used (only --iterations may change).
     """
     cfg = config
     if resume and (Path(run_dir) / "latest.pt").exists():
         stored = load_checkpoint(Path(run_dir) / "latest.pt").get("adapt_config", {})
+        stored.setdefault("teacher", "ema")  # runs from before the source teacher
         cfg = replace(AdaptConfig(**stored), iterations=config.iterations)
     cfg.check()
     src_ckpt = load_checkpoint(source)
@@ -84,7 +85,7 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
         "normalization": src_ckpt.get("normalization", {}),
         "provenance": {
             **(provenance or {}), "source_checkpoint": str(source), "source_sha256": sha256_file(source),
-            "strategy": cfg.name, "filter": cfg.filter, "consensus": cfg.consensus, "teacher_ema": cfg.momentum,
+            "strategy": cfg.name, "teacher": cfg.labeler, "filter": cfg.filter, "consensus": cfg.consensus, "teacher_ema": cfg.momentum,
             "target": str(target), "target_images": train.names, "val_images": val.names,
             "target_labels": None if target_labels is None else str(target_labels),
             "source_images": None if source_images is None else str(source_images),

@@ -4,11 +4,15 @@ One strategy class covers the four variants; they differ only in who makes
 the pseudo-labels (EMA teacher or the model itself), which view the student
 sees (weak or strong), and whether labeled source batches join each step.
 
-| strategy     | joint | name     | pseudo-labels from | student view |
-| mean-teacher | no    | mean-teacher | EMA teacher    | weak         |
-| fixmatch     | no    | fixmatch | the model (weak)   | strong       |
-| mean-teacher | yes   | adamt    | EMA teacher        | weak         |
-| fixmatch     | yes   | adamatch | the model (weak)   | strong       |
+| strategy     | joint | name     | pseudo-labels from                  | student view |
+| mean-teacher | no    | mean-teacher | the source model or the EMA model | noise      |
+| fixmatch     | no    | fixmatch | the model (weak)                    | strong       |
+| mean-teacher | yes   | adamt    | the source model or the EMA model   | noise        |
+| fixmatch     | yes   | adamatch | the model (weak)                    | strong       |
+
+Mean teacher deploys the EMA of the student either way. Its pseudo-labels come from the frozen
+source model by default (`teacher="source"`), or from that EMA model (`teacher="ema"`, the paper),
+which feeds the student's changes back into its own labels.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .health import HealthBounds, Snapshot, collapse, snapshot, verdict
 from .validation import dice_scores, mean_prediction
 
 STRATEGIES = ("mean-teacher", "fixmatch")
+TEACHERS = ("source", "ema")
 SELECT_ON = ("last", "pseudo", "labels")
 TEACHER_HORIZONS = 3.0
 
@@ -37,13 +42,15 @@ TEACHER_HORIZONS = 3.0
 class AdaptConfig:
     """Adaptation options. Paper (LiveCELL): lr 1e-5, 10k iterations, batch 2, EMA 0.999.
 
-    probda scales the run to CPU budgets: 1000 iterations at lr 3e-4. The
-    teacher's EMA momentum follows the run length (`momentum`): the teacher
-    covers TEACHER_HORIZONS time constants of 1 / (1 - momentum) steps over the
-    run, so a longer run adapts as far, only more smoothly.
+    probda scales the run to CPU budgets: 1000 iterations at lr 3e-4. The EMA
+    momentum follows the run length (`momentum`): the EMA model covers
+    TEACHER_HORIZONS time constants of 1 / (1 - momentum) steps over the run, so
+    a longer run adapts as far, only more smoothly. The pseudo-labels come from
+    the frozen source model unless `teacher="ema"` (`labeler`).
     """
 
     strategy: str = "mean-teacher"
+    teacher: str | None = None  # mean-teacher pseudo-labels: source | ema; None = source (ema with --from-scratch)
     joint: bool = False
     filter: str = "masking"
     consensus: str = "agree"
@@ -82,6 +89,13 @@ class AdaptConfig:
         return self.teacher_view or "none", self.student_view or student
 
     @property
+    def labeler(self) -> str:
+        """Who makes the pseudo-labels: "source" (the frozen source model), "ema" (the EMA model) or "model" (FixMatch)."""
+        if self.strategy != "mean-teacher":
+            return "model"
+        return self.teacher or ("ema" if self.from_scratch else "source")
+
+    @property
     def momentum(self) -> float:
         """Teacher EMA momentum: `ema`, or 1 - TEACHER_HORIZONS / iterations within [0.9, 0.9999].
 
@@ -105,6 +119,12 @@ class AdaptConfig:
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
+        if self.teacher is not None and self.teacher not in TEACHERS:
+            raise ConfigError(f"--teacher must be one of {', '.join(TEACHERS)}, not '{self.teacher}'")
+        if self.teacher is not None and self.strategy != "mean-teacher":
+            raise ConfigError("--teacher needs --strategy mean-teacher (FixMatch labels with the model itself)")
+        if self.teacher == "source" and self.from_scratch:
+            raise ConfigError("--teacher source cannot start --from-scratch: the source model is the teacher")
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"--select-on must be one of {', '.join(SELECT_ON)}, not '{self.select_on}'")
         if self.ema is not None and not 0 <= self.ema < 1:
@@ -128,11 +148,11 @@ class SelfTrainingStrategy:
             raise ConfigError("joint adaptation needs labeled source data (--source-images/--source-labels)")
         self.name, self.cfg, self.model = cfg.name, cfg, model
         self.target, self.source, self.val = target, source, val
-        self.teacher = None
+        # average: the EMA of the student (deployed); teacher: makes the pseudo-labels (the average, or the source model)
+        self.average = self.teacher = None
         if cfg.strategy == "mean-teacher":
-            self.teacher = copy.deepcopy(model).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.average = _frozen_copy(model)
+            self.teacher = self.average if cfg.labeler == "ema" else _frozen_copy(model)
         self.source_fraction = source_fraction
         self.target_fraction: float | None = None  # running mean of pseudo-label foreground (alignment)
         self.device = torch.device("cpu")
@@ -141,17 +161,16 @@ class SelfTrainingStrategy:
 
     @property
     def deployed(self) -> nn.Module:
-        """The model users get: the EMA teacher for mean-teacher runs."""
-        return self.teacher if self.teacher is not None else self.model
+        """The model users get: the EMA of the student for mean-teacher runs."""
+        return self.average if self.average is not None else self.model
 
     def parameters(self):
         return list(self.model.parameters())
 
     def to(self, device, memory_format=torch.contiguous_format):
         self.device = torch.device(device)
-        self.model.to(device, memory_format=memory_format)
-        if self.teacher is not None:
-            self.teacher.to(device, memory_format=memory_format)
+        for m in {id(m): m for m in (self.model, self.average, self.teacher) if m is not None}.values():
+            m.to(device, memory_format=memory_format)
 
     def sample_batch(self, rng):
         x, _ = self.target.sample(rng, self.cfg.batch_size)
@@ -189,10 +208,10 @@ class SelfTrainingStrategy:
 
     def on_step_end(self, iteration: int) -> None:
         self._iteration = iteration
-        if self.teacher is None:
+        if self.average is None:
             return
         momentum = min(1 - 1 / (iteration + 1), self.cfg.momentum) if self.cfg.joint else self.cfg.momentum
-        ema_update(self.teacher, self.model, momentum)
+        ema_update(self.average, self.model, momentum)
 
     def validate(self) -> dict[str, float]:
         """Label-free health of the deployed model on held-out target patches (true dice if labels are given).
@@ -223,14 +242,21 @@ class SelfTrainingStrategy:
 
     def checkpoint_extra(self) -> dict:
         extra = {"adapt_state": {"target_fraction": self.target_fraction, "source_fraction": self.source_fraction}}
-        if self.teacher is not None:
-            extra["teacher_state_dict"] = {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
+        if self.average is not None:  # the deployed weights; a source teacher is rebuilt from the source checkpoint
+            extra["teacher_state_dict"] = {k: v.detach().cpu() for k, v in self.average.state_dict().items()}
         return extra
 
     def load_extra(self, ckpt: dict) -> None:
-        if self.teacher is not None:
-            self.teacher.load_state_dict(ckpt["teacher_state_dict"])
+        if self.average is not None:
+            self.average.load_state_dict(ckpt["teacher_state_dict"])
         state = ckpt.get("adapt_state", {})
         self.target_fraction = state.get("target_fraction")
         if state.get("source_fraction") is not None:
             self.source_fraction = state["source_fraction"]
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    copy_ = copy.deepcopy(model).eval()
+    for p in copy_.parameters():
+        p.requires_grad_(False)
+    return copy_

@@ -32,11 +32,11 @@ def test_teacher_momentum_follows_the_run_length(tiny_punet):
     assert AdaptConfig(iterations=10).momentum == 0.9 and AdaptConfig(iterations=10**6).momentum == 0.9999
     assert AdaptConfig(iterations=1000, ema=0.5).momentum == 0.5
     strategy = SelfTrainingStrategy(copy.deepcopy(tiny_punet), replace(CFG, iterations=300), None, {"x": None})
-    before = {k: v.clone() for k, v in strategy.teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in strategy.deployed.state_dict().items()}
     for p in strategy.model.parameters():
         p.data.add_(1.0)
     strategy.on_step_end(1)
-    for k, v in strategy.teacher.state_dict().items():
+    for k, v in strategy.deployed.state_dict().items():
         torch.testing.assert_close(v, before[k] + 0.01)
 
 
@@ -107,9 +107,10 @@ def test_joint_loss_is_mean_of_source_and_target(tiny_punet):
 
 def test_mean_teacher_saves_teacher_and_resume_is_exact(tiny_checkpoint, target_data, tmp_path):
     images, labels = target_data
-    full = adapt(tiny_checkpoint, images, run_dir=tmp_path / "full", config=CFG, target_labels=labels)
-    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=replace(CFG, iterations=2), target_labels=labels)
-    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=CFG, target_labels=labels, resume=True)
+    cfg = replace(CFG, teacher="ema")  # the paper's teacher; the source teacher has its own test below
+    full = adapt(tiny_checkpoint, images, run_dir=tmp_path / "full", config=cfg, target_labels=labels)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=replace(cfg, iterations=2), target_labels=labels)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=cfg, target_labels=labels, resume=True)
     a, b = load_checkpoint(tmp_path / "full" / "latest.pt"), load_checkpoint(tmp_path / "split" / "latest.pt")
     for key in ("state_dict", "teacher_state_dict"):
         for k in a[key]:
@@ -118,3 +119,46 @@ def test_mean_teacher_saves_teacher_and_resume_is_exact(tiny_checkpoint, target_
     assert {"val_agreement", "val_dice"} <= set(full.last_metrics)
     # teacher differs from the student (EMA) and from the source
     assert any(not torch.equal(a["state_dict"][k], a["teacher_state_dict"][k]) for k in a["state_dict"])
+
+
+def test_source_teacher_labels_with_the_frozen_source_and_deploys_the_student_average(tiny_checkpoint, target_data, tmp_path):
+    images, labels = target_data
+    cfg = CFG  # the default teacher is the source model
+    full = adapt(tiny_checkpoint, images, run_dir=tmp_path / "full", config=cfg, target_labels=labels)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=replace(cfg, iterations=2), target_labels=labels)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=cfg, target_labels=labels, resume=True)
+    src = load_checkpoint(tiny_checkpoint)["state_dict"]
+    a, b = load_checkpoint(tmp_path / "full" / "latest.pt"), load_checkpoint(tmp_path / "split" / "latest.pt")
+    for key in ("state_dict", "teacher_state_dict"):  # resume is exact, the teacher rebuilt from the source
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=0)
+    assert a["provenance"]["teacher"] == "source" and "val_agreement" in full.last_metrics
+    # deployed = EMA of the student: moved away from the source, and not the student itself
+    assert any(not torch.equal(a["teacher_state_dict"][k], src[k]) for k in src)
+    assert any(not torch.equal(a["state_dict"][k], a["teacher_state_dict"][k]) for k in src)
+
+
+def test_source_teacher_never_moves(tiny_punet):
+    strategy = SelfTrainingStrategy(copy.deepcopy(tiny_punet), CFG, None, {"x": None})
+    source = {k: v.clone() for k, v in tiny_punet.state_dict().items()}
+    for p in strategy.model.parameters():
+        p.data.add_(1.0)
+    strategy.on_step_end(1)
+    assert strategy.deployed is strategy.average and strategy.teacher is not strategy.average
+    for k, v in strategy.teacher.state_dict().items():
+        torch.testing.assert_close(v, source[k], rtol=0, atol=0)
+    assert any(not torch.equal(v, source[k]) for k, v in strategy.average.state_dict().items())
+
+
+@pytest.mark.parametrize("bad, match", [(dict(teacher="student"), "--teacher"),
+                                        (dict(teacher="source", strategy="fixmatch"), "mean-teacher"),
+                                        (dict(teacher="source", joint=True, from_scratch=True), "from-scratch")])
+def test_teacher_option_is_checked(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        replace(CFG, **bad).check()
+
+
+def test_who_makes_the_pseudo_labels():
+    assert CFG.labeler == "source" and replace(CFG, teacher="ema").labeler == "ema"
+    assert replace(CFG, joint=True, from_scratch=True).labeler == "ema"  # no source model to label with
+    assert replace(CFG, strategy="fixmatch").labeler == "model"
