@@ -1,7 +1,7 @@
 """Does adaptation help? Target dice over several synthetic shifts, seeds and methods.
 
     python benchmarks/adaptation.py [--out benchmarks/_adaptation] [--seeds 0 1 2]
-        [--shifts appearance dim-gradient ...] [--rows all|core|masking] [--punet punet-small] [--quick]
+        [--shifts appearance dim-gradient ...] [--rows all|core|masking|teachers] [--punet punet-small] [--quick]
 
 For every shift the table first prints its preconditions, measured with the PUNet
 source model on the labeled target test images: source dice, the share of error
@@ -47,13 +47,15 @@ SHIFTS = ("appearance", "size-shape", "density", "blur-noise", "dim-gradient", "
 MT = AdaptConfig(iterations=100, batch_size=4, patch_size=96, val_every=25)  # teacher EMA: 1 - 3 / iterations
 ADAPT_ROWS = {
     "UNet mean-teacher (confidence mask)": ("unet", MT),
-    "PUNet mean-teacher masking": ("punet", MT),
+    "PUNet mean-teacher masking": ("punet", MT),  # pseudo-labels from the frozen source model (default)
+    "PUNet EMA-teacher masking": ("punet", replace(MT, teacher="ema")),  # the paper's teacher
     "PUNet mean-teacher weighting": ("punet", replace(MT, filter="weighting")),
     "PUNet mean-teacher none": ("punet", replace(MT, filter="none")),
     "PUNet FixMatch masking (alignment)": ("punet", replace(MT, strategy="fixmatch")),
     "PUNet joint AdaMT masking": ("punet", replace(MT, joint=True)),
 }
-ROW_SETS = {"core": ("PUNet mean-teacher masking", "PUNet mean-teacher none"), "masking": ("PUNet mean-teacher masking",)}
+ROW_SETS = {"core": ("PUNet mean-teacher masking", "PUNet mean-teacher none"), "masking": ("PUNet mean-teacher masking",),
+            "teachers": ("PUNet mean-teacher masking", "PUNet EMA-teacher masking")}
 
 
 def otsu(img: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from .data.pairs import match_labels
 from .errors import ConfigError, LabelMatchError, ProbdaError
 from .files import write_text_atomic
 from .metrics import CalibrationBins, image_metrics, object_metrics
-from .runtime.instances import InstanceConfig, separate_instances
+from .runtime.instances import InstanceConfig, least_certain, object_table, separate_instances
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ ROW_FIELDS = ("name", "dice_hard", "dice_soft", "iou", "foreground_pred", "foreg
               "object_f1_50", "object_f1_50_95", "panoptic_quality")
 METRICS = ROW_FIELDS[1:]
 OBJECT_METRICS = ("object_f1_50", "object_f1_50_95", "panoptic_quality")  # instance labels only
+LEAST_CERTAIN = 10  # objects listed in the report and summary.json
 
 
 def summary_key(metric: str) -> str:
@@ -84,6 +85,8 @@ class EvalReport:
         failed: (file, error message) of images that could not be evaluated.
         maps: ImageMaps of the kept images (worst and best few by hard dice) by name.
         calibration: pixel histograms over all images (labels only).
+        objects: the LEAST_CERTAIN objects with the lowest mean consensus over all images
+            (`probda segment --instances` rows plus `image`, and `z` for stacks): the ones to check by hand.
     """
 
     model: str
@@ -97,6 +100,7 @@ class EvalReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     maps: dict[str, ImageMaps] = field(default_factory=dict)
     calibration: CalibrationBins = field(default_factory=CalibrationBins)
+    objects: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -124,6 +128,7 @@ class EvalReport:
             "provider": self.provider,
             "seconds": round(self.seconds, 3),
             "calibration": self.calibration.to_dict() if self.has_labels else None,
+            "least_certain_objects": self.objects,
         }
 
     def row(self, name: str) -> ImageRow | None:
@@ -182,13 +187,14 @@ def evaluate_model(
     pinned = set(keep_names or ())
     for img_path, lab_path in pairs:
         try:
-            row, maps = _evaluate_one(predict, img_path, lab_path, threshold, report.calibration)
+            row, maps, objects = _evaluate_one(predict, img_path, lab_path, threshold, report.calibration)
         except ProbdaError as e:
             report.failed.append((str(img_path), str(e)))
             on_image and on_image(img_path.name, None, str(e))
             continue
         report.rows.append(row)
         report.maps[row.name] = maps
+        report.objects = least_certain(report.objects + objects, LEAST_CERTAIN)
         _prune_maps(report, keep, pinned)
         on_image and on_image(row.name, row, "")
     report.seconds = time.perf_counter() - t0
@@ -213,7 +219,7 @@ def _pairs(images, labels) -> tuple[list[tuple[Path, Path | None]], list[tuple[s
 
 
 def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, threshold: float,
-                  calib: CalibrationBins) -> tuple[ImageRow, ImageMaps]:
+                  calib: CalibrationBins) -> tuple[ImageRow, ImageMaps, list[dict]]:
     image = read_image(img_path)
     ids = None if lab_path is None else read_label(lab_path, shape=image.shape, image_path=img_path, binary=False)
     label = None if ids is None else (ids != 0).astype(np.float32)
@@ -221,6 +227,10 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, thr
     maps = predict(image, img_path.name)  # (Z, H, W) maps of stacks, (H, W) of 2D images
     maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32) for key in ("prob", "consensus", "std")}
     fg_pred = float((maps["prob"] >= threshold).mean())
+    instances = [separate_instances(p, InstanceConfig(threshold=threshold)) for p in maps["prob"]]
+    objects = [{"image": img_path.name, **({"z": z} if image.ndim == 3 else {}), **r}
+               for z, inst in enumerate(instances)
+               for r in object_table(inst, {k: maps[k][z] for k in ("prob", "consensus", "std")})]
     values: dict[str, Any] = {"foreground_pred": fg_pred, "mean_consensus": float(maps["consensus"].mean())}
     if label is None:
         values.update(dice_hard=None, dice_soft=None, iou=None, foreground_true=None)
@@ -229,19 +239,18 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, thr
         metrics = image_metrics(maps["prob"], lab, threshold)
         values.update({k: metrics[k] for k in ("dice_hard", "dice_soft", "iou", "foreground_true")})
         if ids.max() > 1:  # instance labels: objects of the prediction (seeded watershed) against them
-            values.update(_object_values(maps["prob"], ids[None] if ids.ndim == 2 else ids, threshold))
+            values.update(_object_values(instances, ids[None] if ids.ndim == 2 else ids))
         calib.update(maps["prob"], maps["consensus"], lab, threshold=threshold)
     row = ImageRow(name=img_path.name, image=str(img_path), label="" if lab_path is None else str(lab_path), **values)
     z = len(slices) // 2
     kept = ImageMaps(image=slices[z], prob=maps["prob"][z], consensus=maps["consensus"][z], std=maps["std"][z],
                      label=None if label is None else (label[None] if label.ndim == 2 else label)[z])
-    return row, kept
+    return row, kept, least_certain(objects, LEAST_CERTAIN)
 
 
-def _object_values(prob: np.ndarray, ids: np.ndarray, threshold: float) -> dict[str, float]:
-    """Object F1 at IoU 0.5, mean F1 over IoU 0.5-0.95 and panoptic quality of (Z, H, W) maps, averaged over slices."""
-    cfg = InstanceConfig(threshold=threshold)
-    per_slice = [object_metrics(separate_instances(p, cfg), t) for p, t in zip(prob, ids)]
+def _object_values(instances: list[np.ndarray], ids: np.ndarray) -> dict[str, float]:
+    """Object F1 at IoU 0.5, mean F1 over IoU 0.5-0.95 and panoptic quality of per-slice instances, averaged over slices."""
+    per_slice = [object_metrics(inst, t) for inst, t in zip(instances, ids)]
     return {k: float(np.mean([m[k] for m in per_slice])) for k in OBJECT_METRICS}
 
 

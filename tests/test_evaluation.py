@@ -148,3 +148,46 @@ def test_instance_labels_add_object_metrics_and_binary_labels_do_not(tmp_path):
     csv_path, json_path = write_eval(inst, tmp_path / "eval")
     assert json.loads(json_path.read_text())["object_f1_50"] == 1.0
     assert "object_f1_50" in next(csv.DictReader(open(csv_path)))
+
+
+class TwoLevelNet(torch.nn.Module):
+    """Logits +10 above `high`, +1 between `low` and `high` (probability 0.73: not confident), else -10."""
+
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > self.high, 10.0, torch.where(x > self.low, 1.0, -10.0))
+
+
+def test_least_certain_objects_in_summary_and_report(tmp_path):
+    import tifffile
+
+    from probda_deploy.report import write_report
+
+    yy, xx = np.mgrid[:64, :64]
+    ids = np.zeros((64, 64), np.uint16)
+    for i, (cy, cx) in enumerate(((16, 16), (16, 46), (46, 30)), start=1):
+        ids[(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = i
+    image = np.choose(ids, [10.0, 110.0, 110.0, 40.0]).astype(np.float32)  # the third disc is dim
+    (tmp_path / "img").mkdir()
+    (tmp_path / "inst").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "inst" / "a.tif", ids)
+    z = standardize(image)
+    net = TwoLevelNet(low=float(z[ids == 0].max()), high=float(z[ids == 3].max()))
+    report = evaluate_model(net, tmp_path / "img", tmp_path / "inst", device="cpu")
+    assert report.rows[0].object_f1_50 == 1.0
+    objects = report.objects
+    assert len(objects) == 3 and [o["mean_consensus"] for o in objects] == sorted(o["mean_consensus"] for o in objects)
+    dim = objects[0]  # the dim disc: probability 0.73 everywhere, no pixel confident
+    assert dim["image"] == "a.tif" and dim["uncertain"] and dim["mean_consensus"] == 0.0
+    assert (dim["centroid_y"], dim["centroid_x"], dim["area"]) == pytest.approx((46, 30, int((ids == 3).sum())))
+    assert dim["mean_prob"] == pytest.approx(1 / (1 + np.exp(-1)), rel=1e-5)
+    assert not objects[1]["uncertain"] and objects[1]["mean_consensus"] == 1.0
+    _, json_path = write_eval(report, tmp_path / "eval")
+    assert json.loads(json_path.read_text())["least_certain_objects"] == objects
+    html = write_report(report, tmp_path / "report").read_text()
+    table = html[html.index("<table id='objects'>"):]
+    assert table.index("<td>46.0</td><td>30.0</td>") < table.index("</table>") and "uncertain" in table

@@ -71,6 +71,7 @@ def write_report(report, out_dir: str | Path, *, compare=None, max_panels: int =
                      + "<p>Left: fraction of wrongly classified pixels per consensus bin; low consensus should mean"
                      " more errors. Right: mean probability against the observed foreground fraction.</p>")
     parts.append(_image_table(report))
+    parts.append(_objects_table(report))
     parts.append(_panels(report, compare, names, out_dir, max_panels, inline))
     if report.failed:
         items = "".join(f"<li><code>{_e(f)}</code>: {_e(msg)}</li>" for f, msg in report.failed)
@@ -153,6 +154,26 @@ def _image_table(report) -> str:
     s = report.summary
     body += "<tr class='mean'><td class='name'>mean</td>" + "".join(_td(s[_summary_key(k)]) for k, _ in METRIC_HEADERS) + "</tr>"
     return f"<h2>Per image</h2><table id=\"per-image\">{head}{body}</table>"
+
+
+def _objects_table(report) -> str:
+    """The least certain objects over all images (lowest mean consensus of the K samples)."""
+    if not report.objects:
+        return ""
+    stack = any("z" in o for o in report.objects)
+    cols = (("id", "{}"), ("centroid_y", "{:.1f}"), ("centroid_x", "{:.1f}"), ("area", "{}"),
+            ("mean_consensus", "{:.3f}"), ("mean_std", "{:.3f}"))
+    head = ("<tr><th class='name'>image</th>" + ("<th>z</th>" if stack else "")
+            + "".join("<th>" + c.replace("_", " ") + "</th>" for c, _ in cols) + "<th class='name'>flag</th></tr>")
+    body = ""
+    for o in report.objects:
+        cells = "".join("<td>" + fmt.format(o[c]) + "</td>" for c, fmt in cols)
+        z = "<td>" + str(o.get("z", "")) + "</td>" if stack else ""
+        flag = "uncertain" if o["uncertain"] else ""
+        body += f"<tr><td class='name'>{_e(o['image'])}</td>{z}{cells}<td class='name'>{flag}</td></tr>"
+    intro = ("<p>Objects of the seeded watershed (<code>probda segment --instances</code>) whose pixels the prior"
+             " samples agree on least, over all images: the ones to check by hand.</p>")
+    return f"<h2>Least certain objects</h2>{intro}<table id='objects'>{head}{body}</table>"
 
 
 def _compare_section(report, compare, names, out_dir: Path, inline: bool) -> str:
