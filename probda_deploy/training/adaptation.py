@@ -1,7 +1,7 @@
 """Self-training adaptation (METHOD.md section 4): Mean Teacher and FixMatch, separate or joint.
 
 One strategy class covers the four variants; they differ only in who makes
-the pseudo-labels (EMA teacher or the model itself), which view the student
+the pseudo-labels (a teacher or the model itself), which view the student
 sees (weak or strong), and whether labeled source batches join each step.
 
 | strategy     | joint | name     | pseudo-labels from                  | student view |
