@@ -104,6 +104,7 @@ def adapt(
                       reconstruction=loss.value, teacher_view=teacher_view and teacher_view.value,
                       student_view=student_view and student_view.value, normalization=normalization.value,
                       val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed)
+    cfg.check()  # bad options fail before a run folder or progress bar appears
     run_dir = new_run_dir("adapt", output)
     err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  "
               f"pseudo-labels: {cfg.labeler}  EMA: {cfg.momentum:.4g}  device: {dev}")

@@ -81,6 +81,7 @@ def test_adapt_cli_writes_teacher_checkpoint_with_provenance(tiny_checkpoint, ta
     assert "teacher_state_dict" in ckpt and ckpt["strategy"] == "mean-teacher"
     assert ckpt["adapt_config"]["filter"] == "weighting" and ckpt["adapt_config"]["consensus"] == "confident"
     assert ckpt["provenance"]["source_sha256"] and "val_dice" in ckpt["metrics"]
+    assert ckpt["provenance"]["teacher"] == "source" and "pseudo-labels: source" in res.output
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [1, 2]
     # every loss term is logged, and the run ends with its label-free health summary
@@ -92,3 +93,7 @@ def test_adapt_cli_writes_teacher_checkpoint_with_provenance(tiny_checkpoint, ta
     assert bad.exit_code != 0 and "blurry" in bad.output
     bad = runner.invoke(app, ["adapt", str(tiny_checkpoint), "-t", str(images), "--select-on", "labels"])
     assert bad.exit_code == 1 and "--select-on labels needs --target-labels" in bad.output
+    bad = runner.invoke(app, ["adapt", str(tiny_checkpoint), "-t", str(images), "-o", str(tmp_path / "fm"),
+                              "--strategy", "fixmatch", "--teacher", "source"])
+    assert bad.exit_code == 1 and "--teacher needs --strategy mean-teacher" in bad.output
+    assert not (tmp_path / "fm").exists()  # refused before a run folder is made
