@@ -227,10 +227,11 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, thr
     maps = predict(image, img_path.name)  # (Z, H, W) maps of stacks, (H, W) of 2D images
     maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32) for key in ("prob", "consensus", "std")}
     fg_pred = float((maps["prob"] >= threshold).mean())
-    instances = [separate_instances(p, InstanceConfig(threshold=threshold)) for p in maps["prob"]]
-    objects = [{"image": img_path.name, **({"z": z} if image.ndim == 3 else {}), **r}
+    cfg = InstanceConfig(threshold=threshold)
+    instances = [separate_instances(p, cfg) for p in maps["prob"]]
+    objects = ({"image": img_path.name, **({"z": z} if image.ndim == 3 else {}), **r}
                for z, inst in enumerate(instances)
-               for r in object_table(inst, {k: maps[k][z] for k in ("prob", "consensus", "std")})]
+               for r in object_table(inst, {k: maps[k][z] for k in ("prob", "consensus", "std")}))
     values: dict[str, Any] = {"foreground_pred": fg_pred, "mean_consensus": float(maps["consensus"].mean())}
     if label is None:
         values.update(dice_hard=None, dice_soft=None, iou=None, foreground_true=None)

@@ -169,8 +169,9 @@ class SelfTrainingStrategy:
 
     def to(self, device, memory_format=torch.contiguous_format):
         self.device = torch.device(device)
-        for m in {id(m): m for m in (self.model, self.average, self.teacher) if m is not None}.values():
-            m.to(device, memory_format=memory_format)
+        for m in (self.model, self.average, self.teacher):  # average and teacher may be one module: .to is idempotent
+            if m is not None:
+                m.to(device, memory_format=memory_format)
 
     def sample_batch(self, rng):
         x, _ = self.target.sample(rng, self.cfg.batch_size)
