@@ -44,7 +44,7 @@ from probda_deploy.training.config import TrainConfig
 from probda_deploy.training.source import train_source
 
 SHIFTS = ("appearance", "size-shape", "density", "blur-noise", "dim-gradient", "target-gradient")
-MT = AdaptConfig(iterations=100, batch_size=4, patch_size=96, val_every=25)  # teacher EMA: 1 - 3 / iterations
+MT = AdaptConfig(iterations=100, batch_size=4, patch_size=96, val_every=25)  # EMA momentum follows the run (AdaptConfig.momentum)
 ADAPT_ROWS = {
     "UNet mean-teacher (confidence mask)": ("unet", MT),
     "PUNet mean-teacher masking": ("punet", MT),  # pseudo-labels from the frozen source model (default)

@@ -15,7 +15,10 @@ rounds and the ratio torch-em / probda (> 1: probda is faster).
     (`ProbabilisticUNetLoss` with the mask), Adam, EMA of the parameters
     (MeanTeacherTrainer's step). probda:
     `fit` with the mean-teacher strategy (16 samples, consensus masking), views
-    included.
+    included, twice: with `--teacher ema` (the paper's and torch-em's algorithm: the
+    EMA teacher labels every batch) and with the default frozen source teacher,
+    whose labels are made once per image before the run (`pseudo_labels.source_maps`)
+    and cropped with each patch.
   * probda twice: `punet-small` (the paper's architecture at 16 filters) and
     `punet-small-fast` (the same UNet; prior and posterior nets at half width).
   * GFLOP per step of each (forward + backward, torch.utils.flop_counter) and the
@@ -45,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 FILTERS = [16, 32, 64, 128]
 LATENT, FCOMB, SAMPLES = 6, 3, 16
@@ -192,21 +196,24 @@ def _load(name: str, path: Path):
 
 # ---------------------------------------------------------------- probda (its real training loop)
 class _FixedPatches:
-    """Stands in for a PatchSampler: the same batch every step (as torch-em's side gets)."""
+    """Stands in for a PatchSampler: the same batch every step (as torch-em's side gets); y may be None."""
 
     def __init__(self, x, y):
         self.x, self.y = x, y
+        self.data = SimpleNamespace(labels=None if y is None else [])
 
     def sample(self, rng, batch_size: int):
-        return self.x[:batch_size].copy(), self.y[:batch_size].copy()
+        return self.x[:batch_size].copy(), None if self.y is None else self.y[:batch_size].copy()
 
 
 def probda_child(args, variant: str) -> dict:
+    import numpy as np
     import torch
 
     from probda_deploy.models import build_model
     from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
     from probda_deploy.training.loop import LoopConfig, fit
+    from probda_deploy.training.pseudo_labels import source_maps
     from probda_deploy.training.source import SupervisedStrategy
 
     torch.set_num_threads(args.threads)
@@ -215,14 +222,16 @@ def probda_child(args, variant: str) -> dict:
     val = random_batch(2, args.patch, seed=1)
     out = {"torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("source", "mt"):
+        for kind in ("source", "mt-ema", "mt"):
             torch.manual_seed(0)
             model = build_model(variant, latent_dim=LATENT, n_fcomb=FCOMB)
             if kind == "source":
                 strategy = SupervisedStrategy(model, patches, val, batch_size=args.batch)
             else:
-                cfg = AdaptConfig(batch_size=args.batch, patch_size=args.patch, samples=SAMPLES, filter="masking")
-                strategy = SelfTrainingStrategy(model, cfg, patches, {"x": val[0]})
+                cfg = AdaptConfig(batch_size=args.batch, patch_size=args.patch, samples=SAMPLES, filter="masking",
+                                  teacher="ema" if kind == "mt-ema" else "source")
+                maps = None if kind == "mt-ema" else np.stack(source_maps(model, list(x[:, 0]), cfg.pseudo))
+                strategy = SelfTrainingStrategy(model, cfg, _FixedPatches(x, maps), {"x": val[0]})
             n = args.steps + 3  # 2 warm-up steps, and the last one also validates and checkpoints
             stamps = []
             loop = LoopConfig(iterations=n, lr=1e-4, val_every=n, seed=0)
@@ -254,7 +263,7 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
     from probda_deploy.training.loop import MEMORY_FORMAT, _to_tensors
     from probda_deploy.training.losses import L2_WEIGHT, RECONSTRUCTION, l2_norms
     from probda_deploy.models.punet import kl_diag_gaussians
-    from probda_deploy.training.pseudo_labels import ema_update, pseudo_labels
+    from probda_deploy.training.pseudo_labels import ema_update, pseudo_labels, source_maps
     from probda_deploy.training.source import SupervisedStrategy
 
     torch.set_num_threads(args.threads)
@@ -267,10 +276,18 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
     torch.manual_seed(0)
     model = build_model("punet-small", latent_dim=LATENT, n_fcomb=FCOMB)
     src = SupervisedStrategy(model, patches, val, batch_size=args.batch)
-    mt = SelfTrainingStrategy(build_model("punet-small", latent_dim=LATENT, n_fcomb=FCOMB),
-                              AdaptConfig(batch_size=args.batch, patch_size=args.patch, samples=SAMPLES), patches, {"x": val[0]})
+    unlabeled = PatchSampler(ImageSet(patches.data.images, None, patches.data.names), args.patch)
+    mt_ema = SelfTrainingStrategy(build_model("punet-small", latent_dim=LATENT, n_fcomb=FCOMB),
+                                  AdaptConfig(batch_size=args.batch, patch_size=args.patch, samples=SAMPLES, teacher="ema"),
+                                  unlabeled, {"x": val[0]})
+    cfg = AdaptConfig(batch_size=args.batch, patch_size=args.patch, samples=SAMPLES)
+    t0 = time.perf_counter()
+    maps = source_maps(model, unlabeled.data.images, cfg.pseudo)
+    once = time.perf_counter() - t0
+    mt = SelfTrainingStrategy(build_model("punet-small", latent_dim=LATENT, n_fcomb=FCOMB), cfg, unlabeled.with_labels(maps),
+                              {"x": val[0]})
     dev = torch.device("cpu")
-    for s in (src, mt):
+    for s in (src, mt_ema, mt):
         s.to(dev, MEMORY_FORMAT)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     b = _to_tensors(src.sample_batch(np.random.default_rng(0)), dev)
@@ -303,30 +320,35 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
             "posterior net forward": med(lambda: model.posterior_params(xb, yb))}
     rows = [("data: patch sampling, augmentation, to tensors", "source",
              med(lambda: _to_tensors(src.sample_batch(np.random.default_rng(1)), dev))),
-            ("data: patch sampling, teacher + student views, to tensors", "mt",
+            ("data: patch sampling, teacher + student views, to tensors", "mt-ema",
+             med(lambda: _to_tensors(mt_ema.sample_batch(np.random.default_rng(1)), dev))),
+            ("data: patch and label-map sampling, student view, to tensors", "mt",
              med(lambda: _to_tensors(mt.sample_batch(np.random.default_rng(1)), dev))),
-            ("teacher: UNet + prior + 16 samples + consensus (no grad)", "mt",
-             med(lambda: pseudo_labels(mt.teacher, xb, mt.cfg.pseudo)))]
+            ("teacher: UNet + prior + 16 samples + consensus (no grad)", "mt-ema",
+             med(lambda: pseudo_labels(mt_ema.teacher, xb, mt_ema.cfg.pseudo))),
+            ("source model's labels of the 20 images (once per run) / 1000 it", "mt", 1000 * once / 1000)]
     rows += [(f"student {k}", "both", v) for k, v in nets.items()]
     forward_parts()
     rows += [("student fcomb + dice + KL + L2 forward", "both", med(loss_part)),
              ("backward (all modules)", "both", 1000 * statistics.median(backward() for _ in range(args.steps))),
              ("optimizer (Adam)", "both", med(opt.step)),
-             ("EMA update", "mt", med(lambda: ema_update(mt.teacher, mt.model, 0.99))),
+             ("EMA update", "mts", med(lambda: ema_update(mt.average, mt.model, 0.99))),
              (f"validation (8 patches) / {val_every} it", "source", med(src.validate, 3) / val_every),
-             (f"validation (8 patches: teacher, student, health) / {val_every} it", "mt", med(mt.validate, 3) / val_every)]
+             (f"validation (8 patches: deployed, student, health) / {val_every} it", "mts", med(mt.validate, 3) / val_every)]
     return rows
 
 
 def print_profile(rows, args) -> None:
     print(f"\n## Where probda's step time goes: batch {args.batch}, {args.patch} px, {args.threads} threads (median ms)\n")
-    print("| part | source step | Mean Teacher step |")
-    print("|---|---|---|")
+    kinds = ("source", "mt-ema", "mt")
+    scopes = {"source": ("source", "both"), "mt-ema": ("mt-ema", "mts", "both"), "mt": ("mt", "mts", "both")}
+    print("| part | source step | Mean Teacher step, `--teacher ema` | Mean Teacher step, default (source teacher) |")
+    print("|---|---|---|---|")
     for name, scope, ms in rows:
-        cells = [f"{ms:.1f}" if scope in (kind, "both") else "-" for kind in ("source", "mt")]
-        print(f"| {name} | {cells[0]} | {cells[1]} |")
-    sums = [sum(ms for _, scope, ms in rows if scope in (kind, "both")) for kind in ("source", "mt")]
-    print(f"| **sum** | {sums[0]:.1f} | {sums[1]:.1f} |")
+        cells = [f"{ms:.1f}" if scope in scopes[kind] else "-" for kind in kinds]
+        print(f"| {name} | {' | '.join(cells)} |")
+    sums = [sum(ms for _, scope, ms in rows if scope in scopes[kind]) for kind in kinds]
+    print(f"| **sum** | {' | '.join(f'{v:.1f}' for v in sums)} |")
 
 
 # ---------------------------------------------------------------- driver
@@ -411,11 +433,15 @@ def report(runs: dict, args) -> None:
           f"{args.rounds} rounds x {args.steps} steps (median)\n")
     print("| step | engine | s/it | speed-up vs torch-em | GFLOP/step | GFLOP/s | GFLOP/s vs torch-em |")
     print("|---|---|---|---|---|---|---|")
-    for kind, label in (("source", "source ELBO"), ("mt", "Mean Teacher (16 samples, masking)")):
+    rows = (("source", "source ELBO"),
+            ("mt-ema", "Mean Teacher, 16 samples, masking: EMA teacher labels every batch"),
+            ("mt", "Mean Teacher, 16 samples, masking: probda's default, source teacher's labels made once"))
+    for kind, label in rows:
         ref = None
         for engine, engine_runs in runs.items():
-            sec = statistics.median(t for run in engine_runs for t in run[kind])
-            gflop = engine_runs[0][f"{kind}_gflop"]
+            key = "mt" if engine == "torch-em" and kind.startswith("mt") else kind
+            sec = statistics.median(t for run in engine_runs for t in run[key])
+            gflop = engine_runs[0][f"{key}_gflop"]
             if engine == "torch-em":
                 ref = (sec, gflop / sec)
             vs = (f"{ref[0] / sec:.2f}x", f"{gflop / sec / ref[1]:.2f}") if ref else ("-", "-")

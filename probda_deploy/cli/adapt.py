@@ -72,7 +72,7 @@ def adapt(
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="[default: 256 on CUDA, 128 on CPU]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="(paper: 2)")] = 4,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 3e-4,
-    ema: Annotated[Optional[float], typer.Option("--ema", help="EMA momentum of the deployed model (the teacher too with --teacher ema) [default: 1 - 3 / iterations, e.g. 0.997 for 1000] (paper: 0.999 over 10k steps).")] = None,
+    ema: Annotated[Optional[float], typer.Option("--ema", help="EMA momentum of the deployed model (the teacher too with --teacher ema) [default: 1 - 10 / iterations (0.99 for 1000); with --teacher ema 1 - 3 / iterations (0.997)] (paper: 0.999 over 10k steps).")] = None,
     distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
     loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
     teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
@@ -107,7 +107,7 @@ def adapt(
     cfg.check()  # bad options fail before a run folder or progress bar appears
     run_dir = new_run_dir("adapt", output)
     err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  "
-              f"pseudo-labels: {cfg.labeler}  EMA: {cfg.momentum:.4g}  device: {dev}")
+              f"pseudo-labels: {cfg.labeler}{' (made once per image)' if cfg.fixed_labels else ''}  EMA: {cfg.momentum:.4g}  device: {dev}")
     from ..errors import TrainingStopped
     from .progress import training_progress
 

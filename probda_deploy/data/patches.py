@@ -6,6 +6,7 @@ batch depends only on (seed, iteration): exact resume needs no data state.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageSet:
-    """Raw float32 (H, W) images, optional binary labels and their source names."""
+    """Raw float32 (H, W) images, optional labels and their source names.
+
+    Labels are binary (H, W) masks, or (C, H, W) float maps cropped alongside the
+    image (the source model's pseudo-labels, `training.pseudo_labels.source_maps`).
+    """
 
     images: list[np.ndarray]
     labels: list[np.ndarray] | None
@@ -80,11 +85,13 @@ def load_image_set(pairs_or_files: list, *, labeled: bool) -> ImageSet:
 
 
 def _crop(arr: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
-    pad_y, pad_x = max(0, size - arr.shape[0]), max(0, size - arr.shape[1])
+    """(..., size, size) crop of the last two axes, padded (reflect, or edge if too small) where the array is smaller."""
+    h, w = arr.shape[-2:]
+    pad_y, pad_x = max(0, size - h), max(0, size - w)
     if pad_y or pad_x:
-        mode = "reflect" if pad_y < arr.shape[0] and pad_x < arr.shape[1] else "edge"
-        arr = np.pad(arr, ((0, pad_y), (0, pad_x)), mode=mode)
-    return arr[y : y + size, x : x + size]
+        mode = "reflect" if pad_y < h and pad_x < w else "edge"
+        arr = np.pad(arr, ((0, 0),) * (arr.ndim - 2) + ((0, pad_y), (0, pad_x)), mode=mode)
+    return arr[..., y : y + size, x : x + size]
 
 
 NORMALIZATION_SCOPES = ("image", "patch")
@@ -144,11 +151,19 @@ class PatchSampler:
         return standardize_crop(self.data, i, y, x, self.size, self.stats), lab
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(x, y): (B, 1, P, P) float32 each; y is None for unlabeled data."""
+        """(x, y): x (B, 1, P, P) float32; y (B, C, P, P) float32 (C = 1 for masks), None for unlabeled data."""
         pairs = [self._one(rng) for _ in range(batch_size)]
         x = np.stack([p[0] for p in pairs])[:, None]
-        y = None if pairs[0][1] is None else np.stack([p[1] for p in pairs])[:, None].astype(np.float32)
-        return x, y
+        if pairs[0][1] is None:
+            return x, None
+        y = np.stack([p[1] for p in pairs]).astype(np.float32)
+        return x, (y[:, None] if y.ndim == 3 else y)
+
+    def with_labels(self, labels: list[np.ndarray]) -> "PatchSampler":
+        """The same images and sampling with other labels (e.g. pseudo-label maps, one per image)."""
+        other = copy.copy(self)
+        other.data = ImageSet(self.data.images, labels, self.data.names)
+        return other
 
 
 def grid_patches(data: ImageSet, patch_size: int, *, max_patches: int = 64,

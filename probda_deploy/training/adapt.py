@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,7 @@ from ..models.registry import model_from_spec
 from .adaptation import AdaptConfig, SelfTrainingStrategy
 from .loop import FitResult, LoopConfig, fit
 from .health import snapshot, write_health
+from .pseudo_labels import source_maps
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,12 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
     # alignment keeps the source model's own foreground fraction on the target (not the source labels':
     # a target with denser objects would be pushed towards the source's density)
     frac = source_health.foreground if cfg.aligned else None
-    target_sampler = PatchSampler(train, cfg.patch_size, normalization=cfg.normalization)
+    # target labels (if given) only measure the run: the sampler never sees them
+    target_sampler = PatchSampler(ImageSet(train.images, None, train.names), cfg.patch_size, normalization=cfg.normalization)
+    if cfg.fixed_labels:
+        t = time.perf_counter()
+        target_sampler = target_sampler.with_labels(source_maps(model, train.images, cfg.pseudo, seed=cfg.seed, device=device))
+        log.info("source model's pseudo-labels for %d target images: %.1f s", len(train), time.perf_counter() - t)
     strategy = SelfTrainingStrategy(model, cfg, target_sampler, {"x": vx, "y": vy},
                                     source=src_sampler, source_fraction=frac, source_health=source_health)
     log.info("%s: %d target train / %d val images", cfg.name, len(train), len(val))

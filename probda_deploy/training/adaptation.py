@@ -28,6 +28,7 @@ from ..data.augment import VIEWS, flip_rotate
 from ..data.patches import PatchSampler
 from ..errors import ConfigError
 from .losses import RECONSTRUCTION, supervised_loss
+from ..models.consensus import filter_weights
 from .pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels
 from .health import HealthBounds, Snapshot, collapse, snapshot, verdict
 from .validation import dice_scores, mean_prediction
@@ -35,7 +36,8 @@ from .validation import dice_scores, mean_prediction
 STRATEGIES = ("mean-teacher", "fixmatch")
 TEACHERS = ("source", "ema")
 SELECT_ON = ("last", "pseudo", "labels")
-TEACHER_HORIZONS = 3.0
+TEACHER_HORIZONS = 3.0  # the EMA labels (teacher="ema"): its time constant sets how far self-training moves
+AVERAGE_HORIZONS = 10.0  # the EMA only deployed (source teacher): it averages the student's noise, with a short lag
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,7 @@ class AdaptConfig:
     """Adaptation options. Paper (LiveCELL): lr 1e-5, 10k iterations, batch 2, EMA 0.999.
 
     probda scales the run to CPU budgets: 1000 iterations at lr 3e-4. The EMA
-    momentum follows the run length (`momentum`): the EMA model covers
-    TEACHER_HORIZONS time constants of 1 / (1 - momentum) steps over the run, so
-    a longer run adapts as far, only more smoothly. The pseudo-labels come from
+    momentum follows the run length (`momentum`). The pseudo-labels come from
     the frozen source model unless `teacher="ema"` (`labeler`).
     """
 
@@ -61,7 +61,7 @@ class AdaptConfig:
     batch_size: int = 4
     patch_size: int = 256
     lr: float = 3e-4
-    ema: float | None = None  # None: 1 - TEACHER_HORIZONS / iterations (see `momentum`)
+    ema: float | None = None  # None: follows the run length (see `momentum`)
     distribution_alignment: bool | None = None  # None: on for FixMatch, off for mean teacher
     reconstruction: str = "dice"
     # views (data/augment.VIEWS); None = the strategy's default (see `views`)
@@ -97,16 +97,24 @@ class AdaptConfig:
 
     @property
     def momentum(self) -> float:
-        """Teacher EMA momentum: `ema`, or 1 - TEACHER_HORIZONS / iterations within [0.9, 0.9999].
+        """EMA momentum: `ema`, or 1 - horizons / iterations within [0.9, 0.9999] (benchmarks/RESULTS.md).
 
-        Self-training feeds the teacher's labels back through the student, and how far the model
-        moves is set by how many teacher time constants the run spans, not by the iterations:
-        measured, 300 iterations at 0.99 end where 100 at 0.97 peak, and 300 at 0.97 drift past it
-        (benchmarks/RESULTS.md).
+        EMA teacher (TEACHER_HORIZONS = 3): self-training feeds its labels back through the student,
+        and how far the model moves is set by how many teacher time constants the run spans: 300
+        iterations at 0.99 end where 100 at 0.97 peak, and 300 at 0.97 drift past it.
+        Source teacher (AVERAGE_HORIZONS = 10): the EMA is only deployed; it lags the student by
+        1 / (1 - momentum) steps: at 1000 iterations 0.99 ended above 0.997 on 3 gradient-shift runs, level on 1.
         """
         if self.ema is not None:
             return self.ema
-        return min(max(1 - TEACHER_HORIZONS / max(self.iterations, 1), 0.9), 0.9999)
+        horizons = AVERAGE_HORIZONS if self.labeler == "source" else TEACHER_HORIZONS
+        return min(max(1 - horizons / max(self.iterations, 1), 0.9), 0.9999)
+
+    @property
+    def fixed_labels(self) -> bool:
+        """Pseudo-labels made once per image before the run (`pseudo_labels.source_maps`): the frozen source
+        model labels a geometry-only view with whole-image statistics, so its labels never change."""
+        return self.labeler == "source" and self.views[0] == "none" and self.normalization == "image"
 
     @property
     def aligned(self) -> bool:
@@ -146,6 +154,8 @@ class SelfTrainingStrategy:
         cfg.check()
         if cfg.joint and source is None:
             raise ConfigError("joint adaptation needs labeled source data (--source-images/--source-labels)")
+        if target is not None and target.data.labels is not None and not cfg.fixed_labels:
+            raise ConfigError("target patches come with pseudo-label maps, but this configuration labels them at every step")
         self.name, self.cfg, self.model = cfg.name, cfg, model
         self.target, self.source, self.val = target, source, val
         # average: the EMA of the student (deployed); teacher: makes the pseudo-labels (the average, or the source model)
@@ -174,10 +184,15 @@ class SelfTrainingStrategy:
                 m.to(device, memory_format=memory_format)
 
     def sample_batch(self, rng):
-        x, _ = self.target.sample(rng, self.cfg.batch_size)
-        (x,) = flip_rotate(rng, x)
+        x, maps = self.target.sample(rng, self.cfg.batch_size)
         teacher_view, student_view = self.cfg.views
-        batch = {"x_teacher": VIEWS[teacher_view](rng, x), "x_student": VIEWS[student_view](rng, x)}
+        if maps is None:
+            (x,) = flip_rotate(rng, x)
+            batch = {"x_teacher": VIEWS[teacher_view](rng, x)}
+        else:  # the source model's labels of the whole image, cropped and flipped with the patch
+            x, maps = flip_rotate(rng, x, maps)
+            batch = {"pseudo": maps}
+        batch["x_student"] = VIEWS[student_view](rng, x)
         if self.cfg.joint:
             xs, ys = self.source.sample(rng, self.cfg.batch_size)
             xs, ys = flip_rotate(rng, xs, ys)
@@ -185,8 +200,12 @@ class SelfTrainingStrategy:
         return batch
 
     def step(self, batch):
-        labeler = self.teacher if self.teacher is not None else self.model
-        y, w, c = pseudo_labels(labeler, batch["x_teacher"], self.cfg.pseudo)
+        if "pseudo" in batch:
+            y, c = batch["pseudo"].chunk(2, dim=1)
+            w = filter_weights(c, self.cfg.filter)
+        else:
+            labeler = self.teacher if self.teacher is not None else self.model
+            y, w, c = pseudo_labels(labeler, batch["x_teacher"], self.cfg.pseudo)
         if self.cfg.aligned:
             y = self._align(y)
         loss, terms = supervised_loss(self.model, batch["x_student"], y, w, reconstruction=self.cfg.reconstruction)

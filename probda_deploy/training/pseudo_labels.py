@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..models.consensus import CONSENSUS_RULES, FILTERS, consensus_response, filter_weights
+from ..models.predict import predict_maps
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,23 @@ def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, cfg: PseudoLabelCon
         y = torch.sigmoid(teacher(x)).float()
         c = ((y >= cfg.upper) | (y <= cfg.lower)).float()
     return y, filter_weights(c, cfg.filter), c
+
+
+def source_maps(model: torch.nn.Module, images: list[np.ndarray], cfg: PseudoLabelConfig, *, seed: int = 0,
+                device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """A frozen teacher's pseudo-labels for whole images: (2, H, W) float32 each, mean probability and consensus.
+
+    A frozen model labelling a geometry-only view gives an image's pixels the same labels at every
+    step, so they are computed once, with the whole image as context (as `probda segment` predicts).
+    """
+    was = model.training
+    model.eval()
+    try:
+        maps = (predict_maps(model, im, k=cfg.samples, seed=seed, rule=cfg.rule, upper=cfg.upper, lower=cfg.lower,
+                             device=str(device)) for im in images)
+        return [np.stack([m["prob"], m["consensus"]]) for m in maps]
+    finally:
+        model.train(was)
 
 
 def align_distribution(y: torch.Tensor, *, source_fraction: float, target_fraction: float) -> torch.Tensor:

@@ -9,7 +9,10 @@ from probda_deploy.errors import ConfigError
 from probda_deploy.models.checkpoint import load_checkpoint
 from probda_deploy.training.adapt import adapt
 from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
-from probda_deploy.training.pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels
+from probda_deploy.data.augment import flip_rotate
+from probda_deploy.models.predict import predict_maps
+from probda_deploy.training.losses import supervised_loss
+from probda_deploy.training.pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels, source_maps
 from probda_deploy.data.patches import ImageSet, PatchSampler
 
 CFG = AdaptConfig(iterations=4, batch_size=2, patch_size=32, samples=4, val_every=2, lr=1e-3, seed=5)
@@ -26,12 +29,14 @@ def test_ema_update_arithmetic(tiny_punet):
 
 
 def test_teacher_momentum_follows_the_run_length(tiny_punet):
-    # the teacher spans 3 time constants of 1 / (1 - momentum) steps over the run, whatever its length
-    assert AdaptConfig(iterations=100).momentum == pytest.approx(0.97)
-    assert AdaptConfig(iterations=1000).momentum == pytest.approx(0.997)
+    # an EMA teacher spans 3 time constants of 1 / (1 - momentum) steps over the run, whatever its length
+    assert AdaptConfig(iterations=100, teacher="ema").momentum == pytest.approx(0.97)
+    assert AdaptConfig(iterations=1000, teacher="ema").momentum == pytest.approx(0.997)
+    # with the source teacher the EMA is only deployed: 10 time constants, a shorter lag behind the student
+    assert AdaptConfig(iterations=1000).momentum == pytest.approx(0.99)
     assert AdaptConfig(iterations=10).momentum == 0.9 and AdaptConfig(iterations=10**6).momentum == 0.9999
     assert AdaptConfig(iterations=1000, ema=0.5).momentum == 0.5
-    strategy = SelfTrainingStrategy(copy.deepcopy(tiny_punet), replace(CFG, iterations=300), None, {"x": None})
+    strategy = SelfTrainingStrategy(copy.deepcopy(tiny_punet), replace(CFG, iterations=300, teacher="ema"), None, {"x": None})
     before = {k: v.clone() for k, v in strategy.deployed.state_dict().items()}
     for p in strategy.model.parameters():
         p.data.add_(1.0)
@@ -160,5 +165,47 @@ def test_teacher_option_is_checked(bad, match):
 
 def test_who_makes_the_pseudo_labels():
     assert CFG.labeler == "source" and replace(CFG, teacher="ema").labeler == "ema"
+    # the frozen source model's labels are made once per image unless its view or statistics vary per patch
+    assert CFG.fixed_labels and not replace(CFG, teacher="ema").fixed_labels
+    assert not replace(CFG, teacher_view="weak").fixed_labels and not replace(CFG, normalization="patch").fixed_labels
     assert replace(CFG, joint=True, from_scratch=True).labeler == "ema"  # no source model to label with
     assert replace(CFG, strategy="fixmatch").labeler == "model"
+
+
+def test_source_labels_are_whole_image_maps_cropped_and_flipped_with_the_patch(tiny_punet):
+    rng = np.random.default_rng(0)
+    imgs = [rng.normal(size=(48, 40)).astype(np.float32) + 2 * (i + 1) for i in range(2)]
+    maps = source_maps(tiny_punet, imgs, CFG.pseudo, seed=CFG.seed)
+    for im, m in zip(imgs, maps):
+        ref = predict_maps(tiny_punet, im, k=CFG.samples, seed=CFG.seed)
+        assert m.shape == (2, 48, 40) and np.array_equal(m[0], ref["prob"]) and np.array_equal(m[1], ref["consensus"])
+    target = PatchSampler(ImageSet(imgs, None, ["a", "b"]), 32).with_labels(maps)
+    strat = SelfTrainingStrategy(copy.deepcopy(tiny_punet), CFG, target, {"x": None})
+    batch = strat.sample_batch(np.random.default_rng(3))
+    assert "x_teacher" not in batch  # nothing left for a teacher to do during the run
+    # the same draws without labels give the same student view; the labels follow the patch's crop and flips
+    plain = SelfTrainingStrategy(copy.deepcopy(tiny_punet), replace(CFG, teacher="ema"),
+                                 PatchSampler(ImageSet(imgs, None, ["a", "b"]), 32), {"x": None})
+    assert np.array_equal(batch["x_student"], plain.sample_batch(np.random.default_rng(3))["x_student"])
+    r = np.random.default_rng(3)
+    x, m = target.sample(r, CFG.batch_size)
+    _, m = flip_rotate(r, x, m)
+    assert np.array_equal(batch["pseudo"], m) and m.shape == (CFG.batch_size, 2, 32, 32)
+    # the step trains on y = the mean probability, weighted by the consensus mask
+    tb = {k: torch.from_numpy(v) for k, v in batch.items()}
+    torch.manual_seed(0)
+    loss, _ = strat.step(tb)
+    torch.manual_seed(0)
+    y, c = tb["pseudo"][:, :1], tb["pseudo"][:, 1:]
+    expected, _ = supervised_loss(strat.model, tb["x_student"], y, (c >= 1).float())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_target_labels_only_measure_the_run(tiny_checkpoint, target_data, tmp_path):
+    images, labels = target_data
+    cfg = replace(CFG, iterations=2, val_every=2)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "with", config=cfg, target_labels=labels)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "without", config=cfg)
+    a, b = load_checkpoint(tmp_path / "with" / "latest.pt"), load_checkpoint(tmp_path / "without" / "latest.pt")
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0)
