@@ -293,13 +293,8 @@ def check_export(folder: Path, model: nn.Module, *, tol: float = 1e-3) -> None:
         ExportError: maps differ by more than `tol`.
     """
     from ..runtime.sampler import OnnxSampler
-    from ..runtime.session import clear_cache
 
-    sampler = OnnxSampler(folder, device="cpu", verify=False)
-    try:
-        _compare(sampler, model, folder, tol)
-    finally:
-        clear_cache(folder)
+    _compare(OnnxSampler(folder, device="cpu", verify=False), model, folder, tol)  # its sessions go with it
 
 
 def _compare(sampler, model: nn.Module, folder: Path, tol: float) -> None:

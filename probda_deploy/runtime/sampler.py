@@ -347,27 +347,47 @@ class SamplerRef:
 
     def open(self) -> OnnxSampler:
         """The process-wide OnnxSampler for this reference (created once per process)."""
-        key = self._key()
-        with _LOCK:
-            if key not in _SAMPLERS:
-                _SAMPLERS[key] = OnnxSampler(self.folder, device=self.device, threads=self.threads)
-            return _SAMPLERS[key]
-
-    def _key(self) -> tuple:
-        return str(Path(self.folder).resolve()), self.device, self.threads
+        return open_sampler(self.folder, device=self.device, threads=self.threads)
 
 
+# The process's one model cache: export folder (+ manifest mtime, so a re-export is reloaded), device, threads.
 _SAMPLERS: dict[tuple, OnnxSampler] = {}
 _LOCK = threading.Lock()
 
 
+def _key(folder: str | Path, device: str, threads: int | None) -> tuple:
+    folder = Path(folder).resolve()
+    try:
+        mtime = (folder / "manifest.json").stat().st_mtime_ns
+    except OSError:  # OnnxSampler says what is wrong with the folder
+        mtime = None
+    return str(folder), mtime, getattr(device, "value", device), threads
+
+
+def open_sampler(folder: str | Path, *, device: str = "auto", threads: int | None = None) -> OnnxSampler:
+    """The process-wide OnnxSampler of an export folder, loaded (and verified) on first use."""
+    key = _key(folder, device, threads)
+    with _LOCK:
+        if key not in _SAMPLERS:
+            _SAMPLERS[key] = OnnxSampler(folder, device=device, threads=threads)
+        return _SAMPLERS[key]
+
+
 def _register(ref: SamplerRef, sampler: OnnxSampler) -> None:
     with _LOCK:
-        _SAMPLERS[ref._key()] = sampler
+        _SAMPLERS[_key(ref.folder, ref.device, ref.threads)] = sampler
+
+
+def clear_samplers(folder: str | Path | None = None) -> None:
+    """Drop cached samplers (all, or those of one export folder) and with them their sessions' memory."""
+    prefix = None if folder is None else str(Path(folder).resolve())
+    with _LOCK:
+        for key in [k for k in _SAMPLERS if prefix is None or k[0] == prefix]:
+            del _SAMPLERS[key]
 
 
 def load_sampler(folder: str | Path, *, device: str = "auto", threads: int | None = None) -> OnnxSampler:
-    """OnnxSampler with a clear error for paths that are not export folders."""
+    """A new, verified OnnxSampler, with a clear error for paths that are not export folders."""
     folder = Path(folder)
     if folder.suffix == ".pt":
         raise RuntimeModelError(f"{folder}: a checkpoint, not an export; export it with `probda export {folder} --format onnx`")

@@ -1,4 +1,4 @@
-"""onnxruntime sessions: providers from `--device`, settings measured to matter on CPU, a per-process cache.
+"""onnxruntime sessions: providers from `--device` and the settings measured to matter on CPU.
 
 Settings (issue 4 measurements): graph optimisation ORT_ENABLE_ALL (1.5x over
 EXTENDED for convolutions), sequential execution, CPU memory arena on, intra-op
@@ -8,13 +8,13 @@ shape, which nearly doubled peak RSS with tiles (punet-small, 1200 px windows,
 K=16: 2.06 GB -> 1.17 GB) and was not faster (4.9 s -> 4.6 s per window).
 After a session is created, the providers that are really active are read back
 with `session.get_providers()`: a CUDA provider that was requested but did not
-load is reported, never hidden.
+load is reported, never hidden. Sessions live as long as their sampler; the
+process-wide cache is the sampler cache (`sampler.open_sampler`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,6 @@ DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
-_CACHE: dict[tuple, ort.InferenceSession] = {}
-_LOCK = threading.Lock()
 _CUDA_FAILED = False  # set once CUDA failed to activate in this process
 
 
@@ -70,7 +68,7 @@ def requested_providers(device: str) -> list[str]:
 
 
 def create_session(path: str | Path, *, device: str = "auto", threads: int | None = None) -> tuple[ort.InferenceSession, ProviderReport]:
-    """An InferenceSession for `path`, created once per process and reused.
+    """A new InferenceSession for `path` and what it really runs on.
 
     Args:
         path: .onnx file.
@@ -86,12 +84,7 @@ def create_session(path: str | Path, *, device: str = "auto", threads: int | Non
     global _CUDA_FAILED
     device = getattr(device, "value", device)
     providers = requested_providers(device)
-    key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, tuple(providers), threads)
-    with _LOCK:
-        session = _CACHE.get(key)
-        if session is None:
-            session = _new_session(path, providers, threads)
-            _CACHE[key] = session
+    session = _new_session(path, providers, threads)
     active = tuple(session.get_providers())
     note = ""
     if CUDA in providers and CUDA not in active:
@@ -129,11 +122,3 @@ def _new_session(path: str | Path, providers: list[str], threads: int | None) ->
     finally:
         if CUDA in providers:
             ort.set_default_logger_severity(previous)
-
-
-def clear_cache(folder: str | Path | None = None) -> None:
-    """Drop cached sessions (all, or those of graphs inside `folder`) to free their memory."""
-    prefix = None if folder is None else str(Path(folder).resolve())
-    with _LOCK:
-        for key in [k for k in _CACHE if prefix is None or str(Path(k[0]).parent) == prefix]:
-            del _CACHE[key]

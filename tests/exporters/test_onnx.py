@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import onnx
@@ -15,7 +17,8 @@ from probda_deploy.models.blocks import receptive_radius
 from probda_deploy.models import build_model
 from probda_deploy.models.checkpoint import model_from_checkpoint
 from probda_deploy.runtime.manifest import sha256_file
-from probda_deploy.runtime import OnnxSampler, create_session, load_manifest, reduce_samples
+from probda_deploy.runtime import OnnxSampler, SamplerRef, load_manifest, reduce_samples
+from probda_deploy.runtime.sampler import clear_samplers, open_sampler
 
 
 def _torch_maps(model, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
@@ -64,15 +67,28 @@ def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt):
 def test_three_sizes_in_one_session(punet_export, punet_ckpt):
     model = model_from_checkpoint(punet_ckpt)
     sampler = OnnxSampler(punet_export, device="cpu")
-    session = create_session(punet_export / "encoder.onnx", device="cpu")[0]
     rng = np.random.default_rng(4)
     for shape in [(16, 16), (23, 61), (64, 30)]:
         x = rng.standard_normal((1, *shape)).astype(np.float32)
         eps = rng.standard_normal((3, 1, 6)).astype(np.float32)
         got = sampler.predict(x[0], eps=eps[:, 0], tile=None, normalize="none")
         np.testing.assert_allclose(got["prob"][None], _torch_maps(model, x, eps)["prob"], atol=1e-4)
-    OnnxSampler(punet_export, device="cpu")
-    assert create_session(punet_export / "encoder.onnx", device="cpu")[0] is session, "sessions are created once per process"
+
+
+def test_one_sampler_per_process_and_export(punet_export, tmp_path):
+    folder = tmp_path / "copy.probda"
+    shutil.copytree(punet_export, folder)
+    ref = SamplerRef(str(folder), "cpu", 1)  # what each Dask worker opens
+    first = ref.open()
+    assert ref.open() is first and open_sampler(folder, device="cpu", threads=1) is first
+    assert open_sampler(folder, device="cpu", threads=2) is not first
+    manifest = folder / "manifest.json"  # a re-export in the same process is loaded afresh
+    os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))
+    second = ref.open()
+    assert second is not first and ref.open() is second
+    clear_samplers(folder)
+    assert ref.open() is not second
+    clear_samplers(folder)
 
 
 def test_sample_maps_and_whole_image_standardisation(punet_export, punet_ckpt):
