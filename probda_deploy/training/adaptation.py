@@ -154,7 +154,8 @@ class SelfTrainingStrategy:
         cfg.check()
         if cfg.joint and source is None:
             raise ConfigError("joint adaptation needs labeled source data (--source-images/--source-labels)")
-        if target is not None and target.data.labels is not None and not cfg.fixed_labels:
+        has_maps = target is not None and target.data.labels is not None
+        if has_maps and not cfg.fixed_labels:
             raise ConfigError("target patches come with pseudo-label maps, but this configuration labels them at every step")
         self.name, self.cfg, self.model = cfg.name, cfg, model
         self.target, self.source, self.val = target, source, val
@@ -162,7 +163,10 @@ class SelfTrainingStrategy:
         self.average = self.teacher = None
         if cfg.strategy == "mean-teacher":
             self.average = _frozen_copy(model)
-            self.teacher = self.average if cfg.labeler == "ema" else _frozen_copy(model)
+            if cfg.labeler == "ema":
+                self.teacher = self.average
+            elif not has_maps:  # with the source model's maps there is nothing left for a teacher to do
+                self.teacher = _frozen_copy(model)
         self.source_fraction = source_fraction
         self.target_fraction: float | None = None  # running mean of pseudo-label foreground (alignment)
         self.device = torch.device("cpu")
