@@ -252,7 +252,7 @@ class SelfTrainingStrategy:
                **{f"val_{k}": v for k, v in now.stats().items()}}
         if self.source_health is not None:
             out["val_foreground_ratio"] = now.foreground / max(self.source_health.foreground, 1e-6)
-            word, reason = verdict(self.source_health, now, self.bounds)
+            word, reason = verdict(self.source_health, now, self.bounds, feedback=self.cfg.labeler != "source")
             out.update(verdict=word, verdict_reason=reason)
             stop = collapse(self.source_health, now, self.bounds)
             if stop:

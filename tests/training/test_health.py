@@ -73,6 +73,8 @@ def test_verdicts_from_hand_built_snapshots():
     unsure = _snap([[1, 1, 1, 0]] * 4, [[0, 0, 0, 1]] * 4)  # column 2 fixed, but now unsure almost everywhere
     word, reason = verdict(src, unsure)
     assert word == "drifting" and "less sure" in reason
+    # a frozen source teacher's labels cannot feed back: less sure is no drift there
+    assert verdict(src, unsure, feedback=False)[0] == "improved"
     flood = _snap([[1, 1, 1, 1]] * 4, [[1, 1, 1, 1]] * 4)
     assert collapse(src, flood) is None  # 2x: within the default bound of 3x
 
