@@ -209,3 +209,42 @@ def test_target_labels_only_measure_the_run(tiny_checkpoint, target_data, tmp_pa
     a, b = load_checkpoint(tmp_path / "with" / "latest.pt"), load_checkpoint(tmp_path / "without" / "latest.pt")
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0)
+
+
+def test_rounds_relabel_with_the_deployed_model_and_resume_exactly(tiny_checkpoint, target_data, tmp_path):
+    images, labels = target_data
+    cfg = replace(CFG, rounds=2, val_every=1)
+    assert cfg.round_starts == (2,) and replace(CFG, iterations=1000, rounds=3).round_starts == (333, 666)
+    full = tmp_path / "full"
+    seen = {}
+
+    def keep(it, total, logs):  # the deployed weights when round 2 begins
+        if it == 2:
+            seen["at2"] = load_checkpoint(full / "latest.pt")["teacher_state_dict"]
+
+    adapt(tiny_checkpoint, images, run_dir=full, config=cfg, target_labels=labels, on_progress=keep)
+    a = load_checkpoint(full / "latest.pt")
+    for k, v in seen["at2"].items():  # round 2's labels come from the model deployed at its start
+        torch.testing.assert_close(a["labeler_state_dict"][k], v, rtol=0, atol=0)
+
+    class Killed(Exception):
+        pass
+
+    def kill(it, total, logs):
+        if it == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=cfg, target_labels=labels, on_progress=kill)
+    adapt(tiny_checkpoint, images, run_dir=tmp_path / "split", config=cfg, target_labels=labels, resume=True)
+    b = load_checkpoint(tmp_path / "split" / "latest.pt")
+    for key in ("state_dict", "teacher_state_dict"):  # resumed inside round 2: its labels are made again, exactly
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=0)
+    one = tmp_path / "one"
+    adapt(tiny_checkpoint, images, run_dir=one, config=replace(cfg, rounds=1), target_labels=labels)
+    c = load_checkpoint(one / "latest.pt")
+    assert "labeler_state_dict" not in c
+    assert any(not torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in c["state_dict"])  # new labels changed the run
+    with pytest.raises(ConfigError, match="--rounds"):
+        replace(CFG, rounds=2, teacher="ema").check()
