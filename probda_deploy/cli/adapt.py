@@ -74,7 +74,6 @@ def adapt(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 3e-4,
     ema: Annotated[Optional[float], typer.Option("--ema", help="EMA momentum of the deployed model (the teacher too with --teacher ema) [default: 1 - 10 / iterations (0.99 for 1000); with --teacher ema 1 - 3 / iterations (0.997)] (paper: 0.999 over 10k steps).")] = None,
     distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
-    rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Self-training rounds: each later round relabels the target images with the adapted model (labels made once per image only) [default: 1].")] = None,
     loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
     teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
     student_view: Annotated[Optional[View], typer.Option("--student-view", help="[default: noise for mean-teacher, strong-intensity for fixmatch; reference: weak / strong].")] = None,
@@ -104,13 +103,11 @@ def adapt(
                       patch_size=patch_size, lr=lr, ema=ema, distribution_alignment=distribution_alignment,
                       reconstruction=loss.value, teacher_view=teacher_view and teacher_view.value,
                       student_view=student_view and student_view.value, normalization=normalization.value,
-                      val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed,
-                      **({} if rounds is None else {"rounds": rounds}))
+                      val_every=val_every, select_on=select_on.value, from_scratch=from_scratch, seed=seed)
     cfg.check()  # bad options fail before a run folder or progress bar appears
     run_dir = new_run_dir("adapt", output)
     err.print(f"run folder: [bold]{run_dir}[/]  strategy: {cfg.name}  filter: {cfg.filter}  "
-              f"pseudo-labels: {cfg.labeler}{' (made once per image)' if cfg.fixed_labels else ''}"
-              f"{f', {cfg.rounds} rounds' if cfg.rounds > 1 else ''}  EMA: {cfg.momentum:.4g}  device: {dev}")
+              f"pseudo-labels: {cfg.labeler}{' (made once per image)' if cfg.fixed_labels else ''}  EMA: {cfg.momentum:.4g}  device: {dev}")
     from ..errors import TrainingStopped
     from .progress import training_progress
 

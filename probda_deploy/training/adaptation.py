@@ -29,7 +29,7 @@ from ..data.patches import PatchSampler
 from ..errors import ConfigError
 from .losses import RECONSTRUCTION, supervised_loss
 from ..models.consensus import filter_weights
-from .pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels, source_maps
+from .pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels
 from .health import HealthBounds, Snapshot, collapse, snapshot, verdict
 from .validation import dice_scores, mean_prediction
 
@@ -73,7 +73,6 @@ class AdaptConfig:
     val_samples: int = 8
     select_on: str = "last"
     from_scratch: bool = False
-    rounds: int = 1  # with labels made once: relabel with the adapted model at the start of each later round
     seed: int = 0
 
     @property
@@ -118,11 +117,6 @@ class AdaptConfig:
         return self.labeler == "source" and self.views[0] == "none" and self.normalization == "image"
 
     @property
-    def round_starts(self) -> tuple[int, ...]:
-        """Iterations after which the deployed model relabels the target images (rounds > 1)."""
-        return tuple(self.iterations * r // self.rounds for r in range(1, self.rounds))
-
-    @property
     def aligned(self) -> bool:
         return self.strategy == "fixmatch" if self.distribution_alignment is None else self.distribution_alignment
 
@@ -146,11 +140,6 @@ class AdaptConfig:
         for flag, view in (("--teacher-view", self.teacher_view), ("--student-view", self.student_view)):
             if view is not None and view not in VIEWS:
                 raise ConfigError(f"{flag} must be one of {', '.join(VIEWS)}, not '{view}'")
-        if not 1 <= self.rounds <= max(self.iterations, 1):
-            raise ConfigError(f"--rounds must be between 1 and --iterations, got {self.rounds}")
-        if self.rounds > 1 and not self.fixed_labels:
-            raise ConfigError("--rounds needs pseudo-labels made once per image (the default source teacher, "
-                              "no --teacher-view, --normalization image)")
         if self.reconstruction not in RECONSTRUCTION:
             raise ConfigError(f"--loss must be one of {', '.join(RECONSTRUCTION)}, not '{self.reconstruction}'")
         self.pseudo  # validates rule, filter, thresholds
@@ -183,7 +172,6 @@ class SelfTrainingStrategy:
         self.device = torch.device("cpu")
         self.source_health, self.bounds = source_health, bounds
         self._iteration = 0
-        self.labeler_state: dict | None = None  # weights that made the current round's labels (None: the source model)
 
     @property
     def deployed(self) -> nn.Module:
@@ -248,14 +236,6 @@ class SelfTrainingStrategy:
             return
         momentum = min(1 - 1 / (iteration + 1), self.cfg.momentum) if self.cfg.joint else self.cfg.momentum
         ema_update(self.average, self.model, momentum)
-        if iteration in self.cfg.round_starts:
-            self._relabel(self.average)
-
-    def _relabel(self, labeler: nn.Module) -> None:
-        """A new round: `labeler` (the deployed model) makes the whole-image pseudo-labels once more."""
-        self.labeler_state = {k: v.detach().cpu().clone() for k, v in labeler.state_dict().items()}
-        maps = source_maps(labeler, self.target.data.images, self.cfg.pseudo, seed=self.cfg.seed, device=self.device)
-        self.target = self.target.with_labels(maps)
 
     def validate(self) -> dict[str, float]:
         """Label-free health of the deployed model on held-out target patches (true dice if labels are given).
@@ -288,17 +268,11 @@ class SelfTrainingStrategy:
         extra = {"adapt_state": {"target_fraction": self.target_fraction, "source_fraction": self.source_fraction}}
         if self.average is not None:  # the deployed weights; a source teacher is rebuilt from the source checkpoint
             extra["teacher_state_dict"] = {k: v.detach().cpu() for k, v in self.average.state_dict().items()}
-        if self.labeler_state is not None:
-            extra["labeler_state_dict"] = self.labeler_state
         return extra
 
     def load_extra(self, ckpt: dict) -> None:
         if self.average is not None:
             self.average.load_state_dict(ckpt["teacher_state_dict"])
-        if ckpt.get("labeler_state_dict") is not None:  # resumed in a later round: its labels again
-            labeler = _frozen_copy(self.model)
-            labeler.load_state_dict(ckpt["labeler_state_dict"])
-            self._relabel(labeler)
         state = ckpt.get("adapt_state", {})
         self.target_fraction = state.get("target_fraction")
         if state.get("source_fraction") is not None:
