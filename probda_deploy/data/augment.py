@@ -61,6 +61,17 @@ def _gamma(x: np.ndarray, gamma: float) -> np.ndarray:
     return ((x - lo) / rng_) ** gamma * rng_ + lo
 
 
+def _shading(rng: np.random.Generator, x: np.ndarray, log_amplitude: float) -> np.ndarray:
+    """Uneven illumination: the intensity above the patch minimum times exp(a * ramp), a linear ramp
+    within [-1, 1] in a random direction (a multiplicative field survives re-standardisation)."""
+    h, w = x.shape[-2:]
+    theta = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    ramp = (np.cos(theta) * yy + np.sin(theta) * xx) / np.sqrt(2)
+    lo = x.min()
+    return ((x - lo) * np.exp(log_amplitude * ramp) + lo).astype(x.dtype)
+
+
 def _low_res(x: np.ndarray, factor: float) -> np.ndarray:
     small = ndimage.zoom(x, (1, 1 / factor, 1 / factor), order=0)
     zoom = (1, x.shape[-2] / small.shape[-2], x.shape[-1] / small.shape[-1])
@@ -101,6 +112,7 @@ class ViewAugment:
     noise: tuple[float, float] | None = (0.0, 0.15)
     contrast: tuple[float, float] | None = None
     gamma: tuple[float, float] | None = None
+    shading: float | None = None  # max log-amplitude of an illumination ramp (`_shading`)
     p: float = 0.25
 
     def __call__(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
@@ -115,6 +127,8 @@ class ViewAugment:
                 s = _contrast(s, np.exp(rng.uniform(np.log(self.contrast[0]), np.log(self.contrast[1]))))
             if self.gamma is not None and rng.random() < self.p:
                 s = _gamma(s, np.exp(rng.uniform(np.log(self.gamma[0]), np.log(self.gamma[1]))))
+            if self.shading is not None and rng.random() < self.p:
+                s = _shading(rng, s, rng.uniform(0, self.shading))
             out[i] = s
         return standardize_batch(out)
 
@@ -128,4 +142,5 @@ STRONG = ViewAugment(blur=(1.0, 4.0), noise=(0.1, 0.35), contrast=(0.33, 3.0), p
 # FixMatch's strong view without blur (size-changing) and with gamma instead of the no-op contrast
 STRONG_INTENSITY = ViewAugment(blur=None, noise=(0.1, 0.35), gamma=(0.5, 2.0), p=0.5)
 VIEWS = {"none": _geometry_only, "noise": ViewAugment(blur=None, noise=(0.0, 0.15), p=0.5),
-         "weak": WEAK, "strong": STRONG, "strong-intensity": STRONG_INTENSITY}
+         "weak": WEAK, "strong": STRONG, "strong-intensity": STRONG_INTENSITY,
+         "noise-shading": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), p=0.5)}

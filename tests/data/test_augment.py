@@ -43,3 +43,23 @@ def test_patches_use_whole_image_statistics_like_prediction(rng):
         r.choice(1, p=[1.0])
         y0, x0 = int(r.integers(64 - 16 + 1)), int(r.integers(64 - 16 + 1))
         np.testing.assert_allclose(patch, whole[y0 : y0 + 16, x0 : x0 + 16], atol=1e-5)
+
+
+def test_shading_is_a_planar_multiplicative_ramp_above_the_minimum(rng):
+    from probda_deploy.data.augment import VIEWS, _shading
+
+    x = rng.uniform(1, 2, size=(1, 24, 32)).astype(np.float32)
+    x[0, 0, 0] = 0.5  # the patch minimum stays put
+    assert np.allclose(_shading(rng, x, 0.0), x)
+    a = np.log(3)
+    out = _shading(np.random.default_rng(1), x, a)
+    log_gain = np.log((out - 0.5)[0] / (x - 0.5)[0])[1:, 1:]  # the minimum pixel has no gain to measure
+    yy, xx = np.mgrid[1:24, 1:32]
+    A = np.stack([yy.ravel(), xx.ravel(), np.ones(yy.size)], 1)
+    coef, res, *_ = np.linalg.lstsq(A, log_gain.ravel(), rcond=None)
+    assert np.abs(A @ coef - log_gain.ravel()).max() < 1e-4  # a plane: one illumination ramp
+    assert 0.5 * a < np.ptp(log_gain) <= 2 * a + 1e-6  # the gain spans at most exp(-a) .. exp(a)
+    assert out[0, 0, 0] == x[0, 0, 0]
+    # a multiplicative field survives re-standardisation, unlike an affine contrast change
+    batch = rng.normal(size=(8, 1, 32, 32)).astype(np.float32)
+    assert not np.allclose(VIEWS["noise-shading"](np.random.default_rng(2), batch), VIEWS["noise"](np.random.default_rng(2), batch))

@@ -68,6 +68,9 @@ def test_verdicts_from_hand_built_snapshots():
     drift = _snap([[1, 1, 0, 1]] * 4, [[1, 1, 1, 1]] * 4)  # column 3 flipped, where the source was sure
     word, reason = verdict(src, drift)
     assert word == "drifting" and "sure" in reason
+    # with the frozen source teacher a changed sure pixel can be a corrected error: no drift by itself
+    word, reason = verdict(src, drift, feedback=False)
+    assert word == "improved" and "0% of them where the source model was unsure" in reason
     empty = _snap([[0, 0, 0, 0]] * 4, [[1, 1, 1, 1]] * 4)
     assert "collapsed" in collapse(src, empty) and verdict(src, empty)[0] == "drifting"
     unsure = _snap([[1, 1, 1, 0]] * 4, [[0, 0, 0, 1]] * 4)  # column 2 fixed, but now unsure almost everywhere
