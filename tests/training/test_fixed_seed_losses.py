@@ -20,7 +20,8 @@ from probda_deploy.training.source import train_source
 
 GOLDEN = Path(__file__).parent / "data" / "fixed_seed_losses.json"
 SOURCE = TrainConfig(model="punet-small", iterations=8, batch_size=2, patch_size=32, lr=1e-3, val_every=4, seed=5)
-MT = AdaptConfig(iterations=8, batch_size=2, patch_size=32, lr=1e-3, val_every=4, seed=5, ema=0.9, teacher="ema")
+MT = AdaptConfig(iterations=8, batch_size=2, patch_size=32, lr=1e-3, val_every=4, seed=5, ema=0.9, teacher="ema",
+                  student_view="noise")  # the configuration the losses were recorded with
 OPTS = dict(initial_features=8, depth=3)
 
 
