@@ -161,7 +161,7 @@ def health_summary(metrics: list[dict], source: Snapshot, *, stopped: str | None
 
 
 _SENTENCE = {
-    "improved": "Adaptation changed the model where the source model was unsure",
+    "improved": "Adaptation changed the target predictions without signs of drift",
     "unchanged": "Adaptation left the model essentially unchanged",
     "drifting": "Adaptation is drifting; prefer the source model or a shorter run",
     "collapsed": "Adaptation collapsed and was stopped",
