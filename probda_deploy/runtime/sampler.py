@@ -369,6 +369,8 @@ def open_sampler(folder: str | Path, *, device: str = "auto", threads: int | Non
     key = _key(folder, device, threads)
     with _LOCK:
         if key not in _SAMPLERS:
+            for old in [k for k in _SAMPLERS if k[0] == key[0] and k[1] != key[1]]:
+                del _SAMPLERS[old]  # an earlier export of this folder: free its sessions
             _SAMPLERS[key] = OnnxSampler(folder, device=device, threads=threads)
         return _SAMPLERS[key]
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
+import weakref
 
 import numpy as np
 import onnx
@@ -84,8 +86,12 @@ def test_one_sampler_per_process_and_export(punet_export, tmp_path):
     assert open_sampler(folder, device="cpu", threads=2) is not first
     manifest = folder / "manifest.json"  # a re-export in the same process is loaded afresh
     os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))
+    stale = weakref.ref(first)
+    del first
     second = ref.open()
-    assert second is not first and ref.open() is second
+    assert ref.open() is second and stale() is not second
+    gc.collect()
+    assert stale() is None  # the earlier export's sampler (and its sessions) is released
     clear_samplers(folder)
     assert ref.open() is not second
     clear_samplers(folder)
