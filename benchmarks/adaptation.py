@@ -123,7 +123,7 @@ def main() -> None:
     it_ad = 10 if args.quick else args.iterations
     rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in ROW_SETS[args.rows]}
     results: dict = {}  # (shift, row) -> list of dice; plus checks
-    checks = {"verdict": [], "selection": []}
+    checks = {"verdict": [], "regret": []}
     pre: dict = {}
     t_all = time.perf_counter()
     for seed in args.seeds:
@@ -167,7 +167,7 @@ def main() -> None:
                     checks["verdict"].append((verdict == "improved") == (change > 0) and verdict != "unchanged")
                 regret = selection_regret(run) if (run / "metrics.jsonl").exists() else None
                 if regret is not None:
-                    checks["selection"].append(regret)
+                    checks["regret"].append(regret)
                 lost = "?" if regret is None else f"{regret:.4f}"
                 print(f"  seed {seed} {shift} {name}: dice {dice:.3f} ({change:+.3f}), verdict {verdict}, "
                       f"validation dice lost by the label-free pick: {lost}, {time.perf_counter() - t:.0f}s", flush=True)
@@ -176,7 +176,7 @@ def main() -> None:
           f"PUNet {args.punet}; "
           f"total {time.perf_counter() - t_all:.0f}s\n")
     _print_table(args.shifts, results, pre, ["Otsu threshold", "UNet source", "PUNet source", *rows])
-    verdicts, regrets = checks["verdict"], checks["selection"]
+    verdicts, regrets = checks["verdict"], checks["regret"]
     print(f"- label-free verdict agrees with the sign of the true change (|change| >= 0.02): {sum(verdicts)} of {len(verdicts)} runs")
     if regrets:
         print(f"- label-free checkpoint choice (latest healthy) within 0.005 validation dice of the true-dice choice: "

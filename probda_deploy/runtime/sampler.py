@@ -369,15 +369,20 @@ def open_sampler(folder: str | Path, *, device: str = "auto", threads: int | Non
     key = _key(folder, device, threads)
     with _LOCK:
         if key not in _SAMPLERS:
-            for old in [k for k in _SAMPLERS if k[0] == key[0] and k[1] != key[1]]:
-                del _SAMPLERS[old]  # an earlier export of this folder: free its sessions
-            _SAMPLERS[key] = OnnxSampler(folder, device=device, threads=threads)
+            _store(key, OnnxSampler(folder, device=device, threads=threads))
         return _SAMPLERS[key]
 
 
 def _register(ref: SamplerRef, sampler: OnnxSampler) -> None:
     with _LOCK:
-        _SAMPLERS[_key(ref.folder, ref.device, ref.threads)] = sampler
+        _store(_key(ref.folder, ref.device, ref.threads), sampler)
+
+
+def _store(key: tuple, sampler: OnnxSampler) -> None:
+    """Cache `sampler` under `key` and drop an earlier export of the same folder (frees its sessions). Hold _LOCK."""
+    for old in [k for k in _SAMPLERS if k[0] == key[0] and k[1] != key[1]]:
+        del _SAMPLERS[old]
+    _SAMPLERS[key] = sampler
 
 
 def clear_samplers(folder: str | Path | None = None) -> None:
