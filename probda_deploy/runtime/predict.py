@@ -13,7 +13,8 @@ here and on a worker. Only the sampler's public per-window API is used.
 Per plane of an (H, W) image or a (Z, H, W) stack:
 1. stats: mean, std, min, max and NaN/inf count, streamed (`tiling.scan_stats`);
 2. prior: the trunk of every tile summed over the cells its core owns, added
-   in tile order, and the prior head run once: z (K, 1, L) = mu + sigma * eps;
+   in tile order, and the prior head run once: z (K, 1, L) = mu + sigma * eps
+   (windows with the prior trunk's smaller halo);
 3. decode: per tile, encoder on the window and decoder on the core, handed to
    `sink.write`. Blocks the sink already holds (`sink.done()`) are skipped.
 """
@@ -98,7 +99,8 @@ def predict_image(
         stats = _stats_pass(executor, image, planes, normalize, check)
         if local.kind == "punet":
             progress.total += blocks
-        latents = _prior_pass(executor, sampler, local, image, tiles, stats, eps, normalize, progress)
+        prior_tiles = local.plan(shape[-2:], tile=tile, halo=halo, prior=True)
+        latents = _prior_pass(executor, sampler, local, image, prior_tiles, stats, eps, normalize, progress)
         sink.begin(stats, latents)
     else:
         stats, latents = state

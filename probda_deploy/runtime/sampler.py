@@ -28,7 +28,7 @@ from .manifest import load_manifest
 from .predict import predict_image
 from .sinks import MemorySink
 from .session import ProviderReport, create_session
-from .tiling import Tile, plan_tiles, read_window
+from .tiling import Tile, plan_tiles, read_window, round_up
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ class Sampler:
         self.latent_dim = int(m.get("latent_dim", 0))
         self.default_samples = int(m.get("default_samples", 1))
         self.default_halo = int(m.get("default_halo", 2 * self.multiple))
+        prior_radius = (m.get("receptive_field") or {}).get("prior_radius")
+        # the prior pass only needs its trunk's context (52 px for punet-small against the UNet's 87)
+        self.prior_halo = self.default_halo if prior_radius is None else round_up(int(prior_radius), self.multiple)
         self.consensus_cfg = m["consensus"]
         self.normalization = m["normalization"]
         self.prior_stride = int(m.get("prior_stride") or self.multiple)
@@ -151,7 +154,8 @@ class Sampler:
             return f"whole images unless --tile is given; tiles only approximate them ({self.tiling_reason})"
         return ""
 
-    def plan(self, shape: tuple[int, ...], *, tile: int | None | str = "auto", halo: int | None = None) -> list[Tile]:
+    def plan(self, shape: tuple[int, ...], *, tile: int | None | str = "auto", halo: int | None = None,
+             prior: bool = False) -> list[Tile]:
         """Tiles for an (H, W) image under this model's tiling guarantee.
 
         Args:
@@ -159,6 +163,7 @@ class Sampler:
             tile: core size, "auto" or None (whole image). "auto" tiles images with a
                 side above 1536 px, and only for models whose tiles are exact.
             halo: context per side (default: from the manifest).
+            prior: the tiles of the prior pass: the same cores with at most the prior trunk's halo.
 
         Returns:
             Tiles (one, the whole image, for models that are not tileable).
@@ -175,7 +180,8 @@ class Sampler:
             )
         if tile == "auto":  # only exactly tileable models are tiled unasked
             tile = AUTO_TILE if self.tiling_mode == "exact" and max(h, w) > AUTO_TILE_LIMIT else None
-        tiles = plan_tiles((h, w), multiple=self.multiple, tile=tile, halo=self.default_halo if halo is None else halo)
+        halo = self.default_halo if halo is None else halo
+        tiles = plan_tiles((h, w), multiple=self.multiple, tile=tile, halo=min(halo, self.prior_halo) if prior else halo)
         if len(tiles) > 1 and self.tiling_mode == "whole-image":
             raise ConfigError(f"--tile {tile}: this model runs on whole images only ({self.tiling_reason}); drop --tile or pass --tile 0")
         if len(tiles) > 1 and self.tiling_mode == "approximate":

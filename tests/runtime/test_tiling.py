@@ -55,6 +55,31 @@ def test_tiled_equals_untiled(punet_export, blobs):
     assert whole["std"].max() > 1e-3
 
 
+def test_prior_pass_reads_only_the_prior_trunks_context(punet_export, blobs, monkeypatch):
+    sampler = OnnxSampler(punet_export, device="cpu")
+    rf = sampler.manifest["receptive_field"]
+    assert sampler.prior_halo < sampler.default_halo and sampler.prior_halo >= rf["prior_radius"] > 0
+    img = blobs((300, 280), seed=4) * 300 + 1000
+    eps = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    windows = {"prior": [], "decode": []}
+    prior_sum, predict_tile = sampler.prior_sum, sampler.predict_tile
+    monkeypatch.setattr(sampler, "prior_sum", lambda w, t: (windows["prior"].append((w.shape[-2:], t)), prior_sum(w, t))[1])
+    monkeypatch.setattr(sampler, "predict_tile", lambda w, t, *a, **k: (windows["decode"].append((w.shape[-2:], t)), predict_tile(w, t, *a, **k))[1])
+    tiled = sampler.predict(img, eps=eps, tile=48)
+    assert [t.core for _, t in windows["prior"]] == [t.core for _, t in windows["decode"]]
+    for (shape, t), (shape_dec, _) in zip(windows["prior"], windows["decode"]):
+        y0, y1, x0, x1 = t.core
+        assert shape[0] <= y1 - y0 + 2 * sampler.prior_halo and shape[1] <= x1 - x0 + 2 * sampler.prior_halo
+        assert shape[0] * shape[1] <= shape_dec[0] * shape_dec[1]
+    assert any(s[0] * s[1] < d[0] * d[1] for (s, _), (d, _) in zip(windows["prior"], windows["decode"]))
+    whole = sampler.predict(img, eps=eps, tile=None)
+    for key in ("prob", "consensus", "std"):
+        np.testing.assert_allclose(tiled[key], whole[key], atol=1e-5, err_msg=key)
+    # a smaller halo than the prior's asked for by the user is used by both passes
+    assert [t.window for t in sampler.plan((300, 280), tile=48, halo=8, prior=True)] == \
+        [t.window for t in sampler.plan((300, 280), tile=48, halo=8)]
+
+
 def test_image_smaller_than_a_tile(punet_export, blobs):
     sampler = OnnxSampler(punet_export, device="cpu")
     img = blobs((19, 26), seed=3)
