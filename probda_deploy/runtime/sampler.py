@@ -42,19 +42,9 @@ MAPS = ("prob", "consensus", "std")
 def latent_eps(seed: int, name: str, k: int, latent_dim: int, slice_index: int = 0) -> np.ndarray:
     """Standard normal draws for one image, independent of batch order or splitting.
 
-    Derived from sha256(f"{seed}:{file name}:{slice_index}"), so every process
-    and every block of the image draws the same latents. The first k rows do
-    not depend on k (more samples extend, never reshuffle, the draws).
-
-    Args:
-        seed: the user's --seed.
-        name: file name of the image (its basename is used).
-        k: number of samples.
-        latent_dim: L.
-        slice_index: z index for stacks.
-
-    Returns:
-        (k, latent_dim) float32.
+    Derived from sha256(f"{seed}:{basename of name}:{slice_index}") (slice_index: z of stacks), so every
+    process and every block of the image draws the same latents. The first k rows do not depend on k
+    (more samples extend, never reshuffle, the draws). Returns (k, latent_dim) float32.
     """
     key = f"{int(seed)}:{Path(str(name)).name}:{int(slice_index)}".encode()
     digest = hashlib.sha256(key).digest()
