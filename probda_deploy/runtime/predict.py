@@ -99,8 +99,8 @@ def predict_image(
         stats = _stats_pass(executor, image, planes, normalize, check)
         if local.kind == "punet":
             progress.total += blocks
-        prior_tiles = local.plan(shape[-2:], tile=tile, halo=halo, prior=True)
-        latents = _prior_pass(executor, sampler, local, image, prior_tiles, stats, eps, normalize, progress)
+        latents = _prior_pass(executor, sampler, local, image, local.prior_tiles(tiles, shape, halo=halo), stats, eps,
+                              normalize, progress)
         sink.begin(stats, latents)
     else:
         stats, latents = state

@@ -28,7 +28,7 @@ from .manifest import load_manifest
 from .predict import predict_image
 from .sinks import MemorySink
 from .session import ProviderReport, create_session
-from .tiling import Tile, plan_tiles, read_window, round_up
+from .tiling import Tile, plan_tiles, read_window, round_up, with_halo
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,7 @@ class Sampler:
             return f"whole images unless --tile is given; tiles only approximate them ({self.tiling_reason})"
         return ""
 
-    def plan(self, shape: tuple[int, ...], *, tile: int | None | str = "auto", halo: int | None = None,
-             prior: bool = False) -> list[Tile]:
+    def plan(self, shape: tuple[int, ...], *, tile: int | None | str = "auto", halo: int | None = None) -> list[Tile]:
         """Tiles for an (H, W) image under this model's tiling guarantee.
 
         Args:
@@ -153,7 +152,6 @@ class Sampler:
             tile: core size, "auto" or None (whole image). "auto" tiles images with a
                 side above 1536 px, and only for models whose tiles are exact.
             halo: context per side (default: from the manifest).
-            prior: the tiles of the prior pass: the same cores with at most the prior trunk's halo.
 
         Returns:
             Tiles (one, the whole image, for models that are not tileable).
@@ -170,13 +168,17 @@ class Sampler:
             )
         if tile == "auto":  # only exactly tileable models are tiled unasked
             tile = AUTO_TILE if self.tiling_mode == "exact" and max(h, w) > AUTO_TILE_LIMIT else None
-        halo = self.default_halo if halo is None else halo
-        tiles = plan_tiles((h, w), multiple=self.multiple, tile=tile, halo=min(halo, self.prior_halo) if prior else halo)
+        tiles = plan_tiles((h, w), multiple=self.multiple, tile=tile, halo=self.default_halo if halo is None else halo)
         if len(tiles) > 1 and self.tiling_mode == "whole-image":
             raise ConfigError(f"--tile {tile}: this model runs on whole images only ({self.tiling_reason}); drop --tile or pass --tile 0")
         if len(tiles) > 1 and self.tiling_mode == "approximate":
             log.warning("%s: tiled results only approximate whole-image ones (%s)", self.folder, self.tiling_reason)
         return tiles
+
+    def prior_tiles(self, tiles: list[Tile], shape: tuple[int, ...], *, halo: int | None = None) -> list[Tile]:
+        """The prior pass's tiles: the cores of `tiles` with at most the prior trunk's halo (`halo` if smaller)."""
+        halo = self.default_halo if halo is None else halo
+        return with_halo(tiles, tuple(shape[-2:]), multiple=self.multiple, halo=min(halo, self.prior_halo))
 
     # -------------------------------------------------------- per window
     @staticmethod

@@ -73,14 +73,17 @@ def plan_tiles(shape: tuple[int, int], *, multiple: int, tile: int | None, halo:
     hp, wp = padded_shape(shape, multiple)
     if tile is None or tile <= 0:
         return [Tile((0, hp, 0, wp), (0, hp, 0, wp))]
-    t, h = max(round_up(tile, multiple), multiple), round_up(max(halo, 0), multiple)
-    tiles = []
-    for y0 in range(0, hp, t):
-        for x0 in range(0, wp, t):
-            y1, x1 = min(y0 + t, hp), min(x0 + t, wp)
-            window = (max(0, y0 - h), min(hp, y1 + h), max(0, x0 - h), min(wp, x1 + h))
-            tiles.append(Tile((y0, y1, x0, x1), window))
-    return tiles
+    t = max(round_up(tile, multiple), multiple)
+    cores = [(y0, min(y0 + t, hp), x0, min(x0 + t, wp)) for y0 in range(0, hp, t) for x0 in range(0, wp, t)]
+    return with_halo([Tile(c, c) for c in cores], shape, multiple=multiple, halo=halo)
+
+
+def with_halo(tiles: list[Tile], shape: tuple[int, int], *, multiple: int, halo: int) -> list[Tile]:
+    """The same cores with windows grown by `halo` (rounded up to `multiple`) and clipped to the padded image."""
+    hp, wp = padded_shape(shape, multiple)
+    h = round_up(max(halo, 0), multiple)
+    return [Tile(t.core, (max(0, t.core[0] - h), min(hp, t.core[1] + h), max(0, t.core[2] - h), min(wp, t.core[3] + h)))
+            for t in tiles]
 
 
 def _index(start: int, stop: int, size: int, mode: str) -> np.ndarray:

@@ -76,8 +76,8 @@ def test_prior_pass_reads_only_the_prior_trunks_context(punet_export, blobs, mon
     for key in ("prob", "consensus", "std"):
         np.testing.assert_allclose(tiled[key], whole[key], atol=1e-5, err_msg=key)
     # a smaller halo than the prior's asked for by the user is used by both passes
-    assert [t.window for t in sampler.plan((300, 280), tile=48, halo=8, prior=True)] == \
-        [t.window for t in sampler.plan((300, 280), tile=48, halo=8)]
+    tiles = sampler.plan((300, 280), tile=48, halo=8)
+    assert [t.window for t in sampler.prior_tiles(tiles, (300, 280), halo=8)] == [t.window for t in tiles]
 
 
 def test_image_smaller_than_a_tile(punet_export, blobs):
