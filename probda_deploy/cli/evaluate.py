@@ -120,6 +120,12 @@ def _diff(a, b) -> str:
     return f"[{'green' if d >= 0 else 'red'}]{d:+.4f}[/]"
 
 
+def _objects(summary: dict) -> str:
+    from ..evaluation import OBJECT_METRICS
+
+    return ", ".join(f"{HEADERS[k]} {_fmt(summary[k])}" for k in OBJECT_METRICS)
+
+
 def _summary(result, other, written: list[str]) -> None:
     from rich.table import Table
 
@@ -130,6 +136,10 @@ def _summary(result, other, written: list[str]) -> None:
     if other is not None:
         table.add_row("compared with", f"{other.model} ({other.kind}, K={other.samples})")
     table.add_row("images", f"{len(result.rows)} evaluated, {len(result.failed)} failed ({result.seconds:.1f} s)")
+    if other is not None and result.summary["object_f1_50"] is not None:  # the table above has room for dice only
+        table.add_row("objects", _objects(result.summary))
+        diff = _diff(result.summary["object_f1_50"], other.summary["object_f1_50"])
+        table.add_row("objects (cmp)", f"{_objects(other.summary)}; F1@0.5 diff {diff}")
     table.add_row("device", f"{result.device} -> {result.provider}")
     for path in written:
         table.add_row("wrote", path)

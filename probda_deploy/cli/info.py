@@ -21,6 +21,27 @@ def _kv_table(title: str, rows: dict) -> Table:
     return table
 
 
+def _health_values(values: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
+# validation history columns, in this order, with short headers (80 columns)
+HISTORY = {"iteration": "it", "train_loss": "loss", "val_dice": "dice", "val_dice_hard": "dice@.5",
+           "val_agreement": "agree", "val_foreground": "fg", "val_foreground_ratio": "fg ratio",
+           "val_consensus": "consensus", "val_diversity": "diversity", "verdict": "verdict"}
+
+
+def _history_table(lines: list[dict], last: int = 15) -> Table:
+    table = Table(title=f"validation history (last {min(last, len(lines))} of {len(lines)})", title_justify="left")
+    keys = [k for k in HISTORY if any(k in line for line in lines)]
+    for k in keys:
+        table.add_column(HISTORY[k], justify="left" if k == "verdict" else "right", no_wrap=True)
+    for line in lines[-last:]:
+        table.add_row(*[f"{line[k]:.3g}" if k == "val_diversity" and isinstance(line.get(k), float) else
+                        f"{line[k]:.3f}" if isinstance(line.get(k), float) else str(line.get(k, "")) for k in keys])
+    return table
+
+
 def describe_checkpoint(path: Path) -> None:
     from ..models.checkpoint import load_checkpoint
 
@@ -78,19 +99,14 @@ def info(
         health = path / "health.json"
         if health.exists():
             h = json.loads(health.read_text())
+            agreement = h.get("teacher_student_agreement")
             out.print(_kv_table("adaptation health (label-free)", {
-                "verdict": f"{h['verdict']}: {h['sentence']}", "source model": h["source"], "adapted": h["adapted"],
-                "teacher-student agreement": h.get("teacher_student_agreement")}))
+                "verdict": f"{h['verdict']}: {h['sentence']}", "source model": _health_values(h["source"]),
+                "adapted": _health_values(h["adapted"]),
+                "teacher-student agreement": "-" if agreement is None else f"{agreement:.3f}"}))
         metrics = path / "metrics.jsonl"
         if metrics.exists():
-            lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-            table = Table(title="validation history", title_justify="left")
-            keys = [k for k in lines[-1] if k not in ("best", "verdict_reason", "stop") and not k.startswith("train_")][:9]
-            for k in keys:
-                table.add_column(k)
-            for line in lines[-15:]:
-                table.add_row(*[f"{line.get(k, ''):.4g}" if isinstance(line.get(k), float) else str(line.get(k, "")) for k in keys])
-            out.print(table)
+            out.print(_history_table([json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]))
         return None
     return describe_checkpoint(path)
 

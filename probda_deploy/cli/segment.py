@@ -162,20 +162,23 @@ def _summary(report, note: str) -> None:
         out.print(f"[red]failed:[/] {r.path}")
 
 
-def _least_certain_table(results):
-    """The least certain objects of each image (lowest mean consensus): the ones to check by hand."""
+def _least_certain_table(results, n: int = 10):
+    """The n least certain objects of the batch (lowest mean consensus): the ones to check by hand."""
     from rich.table import Table
 
-    stacks = any("z" in row for r in results for row in r.objects.least_certain)
-    table = Table(title="least certain objects (lowest mean consensus; all objects in NAME_objects.csv)", title_justify="left")
+    from ..runtime.instances import least_certain
+
+    rows = least_certain(({**row, "image": Path(r.path).name} for r in results for row in r.objects.least_certain), n)
+    stacks = any("z" in row for row in rows)
+    table = Table(title=f"the {len(rows)} least certain objects (lowest mean consensus; all objects in NAME_objects.csv)",
+                  title_justify="left")
     for name in ("image", "id", *(("z",) if stacks else ()), "y", "x", "area", "consensus", "std", "flag"):
         table.add_column(name, justify="left" if name == "image" else "right")
-    for r in results:
-        for row in r.objects.least_certain:
-            z = (str(row.get("z", "")),) if stacks else ()
-            table.add_row(Path(r.path).name, str(row["id"]), *z, f"{row['centroid_y']:.0f}", f"{row['centroid_x']:.0f}",
-                          str(row["area"]), f"{row['mean_consensus']:.3f}", f"{row['mean_std']:.3f}",
-                          "uncertain" if row["uncertain"] else "")
+    for row in rows:
+        z = (str(row.get("z", "")),) if stacks else ()
+        table.add_row(row["image"], str(row["id"]), *z, f"{row['centroid_y']:.0f}", f"{row['centroid_x']:.0f}",
+                      str(row["area"]), f"{row['mean_consensus']:.3f}", f"{row['mean_std']:.3f}",
+                      "uncertain" if row["uncertain"] else "")
     return table
 
 

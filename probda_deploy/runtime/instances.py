@@ -151,7 +151,7 @@ class ObjectSummary:
     least_certain: tuple[dict, ...]
 
 
-def summarize_objects(rows: Iterable[dict], n: int = 5) -> ObjectSummary:
+def summarize_objects(rows: Iterable[dict], n: int = 10) -> ObjectSummary:
     """Count the rows (a list or a stream) and keep the n least certain (`least_certain`), in one pass."""
     counts = [0, 0]
 

@@ -81,7 +81,11 @@ def test_report_with_compare(tiny_checkpoint, data, tmp_path):
     index = (tmp_path / "rep" / "index.html").read_text()
     assert "id=\"compare\"" in index and "source.pt" in index
     assert len(list((tmp_path / "rep" / "panels").glob("*.png"))) == 1
-    assert (tmp_path / "rep" / "compare" / "summary.json").is_file()
+    ours, theirs = (json.loads((tmp_path / "rep" / sub / "summary.json").read_text()) for sub in (".", "compare"))
+    lines = {line.split("  ")[0]: line for line in res.output.splitlines()}  # instance labels: object metrics of both
+    assert f"F1@0.5 {ours['object_f1_50']:.4f}, F1@.5:.95 {ours['object_f1_50_95']:.4f}" in lines["objects"]
+    diff = ours["object_f1_50"] - theirs["object_f1_50"]
+    assert f"F1@0.5 {theirs['object_f1_50']:.4f}" in lines["objects (cmp)"] and f"diff {diff:+.4f}" in lines["objects (cmp)"]
 
 
 def test_missing_labels_folder_is_one_error(tiny_checkpoint, data, tmp_path):
