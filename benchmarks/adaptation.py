@@ -11,7 +11,11 @@ object border (errors that are not just a border placement). Self-training can
 only fix errors that are uncertain; border placement is set by how the source
 labels were drawn and no pseudo-label can move it.
 
-Then one row per method: mean target dice over seeds ± standard deviation.
+Then one row per method: mean target dice over seeds ± standard deviation, and a
+second table with what else a user gets from the same models on the test images:
+soft dice, mean consensus (how sure the deployed model's samples are; the
+uncertainty outputs rest on it) and object F1 at IoU 0.5 (`probda segment
+--instances`).
 Adaptation rows also print the label-free verdict of each run (health.json)
 against the sign of its true change, and how much validation dice the label-free
 checkpoint choice (the latest healthy one) loses against the checkpoint that true
@@ -36,9 +40,10 @@ from probda_deploy.data.io import read_image, read_label
 from probda_deploy.data.pairs import match_labels
 from probda_deploy.data.synthetic import write_dataset
 from probda_deploy.errors import TrainingStopped
-from probda_deploy.metrics import dice_hard
+from probda_deploy.metrics import dice_hard, dice_soft, object_metrics
 from probda_deploy.models.checkpoint import model_from_checkpoint
 from probda_deploy.models.predict import predict_maps
+from probda_deploy.runtime.instances import separate_instances
 from probda_deploy.training.adapt import adapt
 from probda_deploy.training.adaptation import AdaptConfig
 from probda_deploy.training.config import TrainConfig
@@ -66,20 +71,29 @@ def otsu(img: np.ndarray) -> np.ndarray:
 
 
 def test_set(pairs) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, instance labels) pairs."""
     out = []
     for img_path, lab_path in pairs:
         img = read_image(img_path)
-        out.append((img, read_label(lab_path, shape=img.shape) > 0))
+        out.append((img, read_label(lab_path, shape=img.shape, binary=False)))
     return out
 
 
-def dice_of(predict, data) -> float:
-    return float(np.mean([dice_hard(predict(img), lab) for img, lab in data]))
+def scores_of(predict, data) -> dict[str, float]:
+    """Mean over the test images: hard and soft dice, mean consensus, object F1@0.5 of `separate_instances`."""
+    rows = []
+    for img, ids in data:
+        maps = predict(img)
+        lab = ids > 0
+        rows.append({"dice": dice_hard(maps["prob"], lab), "soft": dice_soft(maps["prob"], lab),
+                     "consensus": float(np.mean(maps["consensus"])) if "consensus" in maps else np.nan,
+                     "f1": object_metrics(separate_instances(maps["prob"]), ids)["object_f1_50"]})
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def model_predictor(ckpt: Path):
     model = model_from_checkpoint(ckpt)
-    return lambda img: predict_maps(model, img, k=16, seed=0)["prob"]
+    return lambda img: predict_maps(model, img, k=16, seed=0)
 
 
 def preconditions(ckpt: Path, data) -> dict[str, float]:
@@ -88,6 +102,7 @@ def preconditions(ckpt: Path, data) -> dict[str, float]:
     dice, unsure, far, n_err = [], 0, 0, 0
     for img, lab in data:
         maps = predict_maps(model, img, k=16, seed=0)
+        lab = lab > 0
         err = (maps["prob"] >= 0.5) != lab
         border = lab ^ ndimage.binary_erosion(lab)
         dist = ndimage.distance_transform_edt(~border)
@@ -123,6 +138,7 @@ def main() -> None:
     it_ad = 10 if args.quick else args.iterations
     rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in ROW_SETS[args.rows]}
     results: dict = {}  # (shift, row) -> list of dice; plus checks
+    extra: dict = {}  # (shift, row) -> list of scores_of dicts
     checks = {"verdict": [], "regret": []}
     pre: dict = {}
     t_all = time.perf_counter()
@@ -142,9 +158,12 @@ def main() -> None:
                                                         shape=(size, size), domain=shift, seed=seed + 100)))
             pre.setdefault(shift, []).append(preconditions(sources["punet"], test))
             src_dice = {}
-            for name, predict in (("Otsu threshold", otsu), ("UNet source", model_predictor(sources["unet"])),
+            for name, predict in (("Otsu threshold", lambda img: {"prob": otsu(img)}),
+                                  ("UNet source", model_predictor(sources["unet"])),
                                   ("PUNet source", model_predictor(sources["punet"]))):
-                results.setdefault((shift, name), []).append(dice_of(predict, test))
+                scores = scores_of(predict, test)
+                results.setdefault((shift, name), []).append(scores["dice"])
+                extra.setdefault((shift, name), []).append(scores)
             src_dice = {"punet": results[(shift, "PUNet source")][-1], "unet": results[(shift, "UNet source")][-1]}
             for name, (kind, cfg) in rows.items():
                 run = root / shift / ("adapt_" + name.split(" (")[0].replace(" ", "_"))
@@ -156,12 +175,14 @@ def main() -> None:
                         adapt(sources[kind], t_img, run_dir=run, config=cfg, target_labels=t_lab,
                               source_images=src_img, source_labels=src_lab, resume=(run / "latest.pt").exists())
                     verdict = json.loads((run / "health.json").read_text())["verdict"]
-                    dice = dice_of(model_predictor(run / "best.pt"), test)
+                    scores = scores_of(model_predictor(run / "best.pt"), test)
                 except TrainingStopped:
                     verdict = "collapsed"
                     best = run / "best.pt"
-                    dice = dice_of(model_predictor(best if best.exists() else sources[kind]), test)
+                    scores = scores_of(model_predictor(best if best.exists() else sources[kind]), test)
+                dice = scores["dice"]
                 results.setdefault((shift, name), []).append(dice)
+                extra.setdefault((shift, name), []).append(scores)
                 change = dice - src_dice[kind]
                 if abs(change) >= 0.02:
                     checks["verdict"].append((verdict == "improved") == (change > 0) and verdict != "unchanged")
@@ -175,7 +196,9 @@ def main() -> None:
           f"seeds {args.seeds}; source {it_src} it, adaptation {it_ad} it (patch 96, batch 4); "
           f"PUNet {args.punet}; "
           f"total {time.perf_counter() - t_all:.0f}s\n")
-    _print_table(args.shifts, results, pre, ["Otsu threshold", "UNet source", "PUNet source", *rows])
+    names = ["Otsu threshold", "UNet source", "PUNet source", *rows]
+    _print_table(args.shifts, results, pre, names)
+    _print_extra(args.shifts, extra, names)
     verdicts, regrets = checks["verdict"], checks["regret"]
     print(f"- label-free verdict agrees with the sign of the true change (|change| >= 0.02): {sum(verdicts)} of {len(verdicts)} runs")
     if regrets:
@@ -196,6 +219,18 @@ def _print_table(shifts, results, pre, names) -> None:
         print(f"| *{label}* | " + " | ".join(f"{np.mean([p[key] for p in pre[s]]):.2f}" for s in shifts) + " |")
     for name in names:
         print(f"| {name} | " + " | ".join(_fmt(results[(s, name)]) for s in shifts) + " |")
+
+
+def _print_extra(shifts, extra, names) -> None:
+    print("\nThe same models: soft dice / mean consensus / object F1@0.5, means over seeds\n")
+    print("| method | " + " | ".join(shifts) + " |")
+    print("|---|" + "---|" * len(shifts))
+    for name in names:
+        cells = []
+        for s in shifts:
+            m = {k: np.mean([r[k] for r in extra[(s, name)]]) for k in ("soft", "consensus", "f1")}
+            cells.append(" / ".join("-" if np.isnan(v) else f"{v:.3f}" for v in m.values()))
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
