@@ -16,7 +16,9 @@ Measured in one run, per model configuration (paper: 64 filters, depth 4; small:
     0.10.9 such as the one .ci/torch_em_crosscheck.sh creates) versus probda's
     ONNX sampler at K = 16 on the same weights after `probda import`
     (torch-em's default ProbabilisticUNet with filters 16, 32, 64, 128, latent 6,
-    3 fcomb convs, InstanceNorm), same image and threads.
+    3 fcomb convs, InstanceNorm), same image and threads. Each side is timed in a
+    fresh process of its own (torch-em in VENV, probda with this interpreter), so
+    neither runs beside threads the other left behind (torch's, after the export).
 
 Usage:
     python benchmarks/sampler.py [--configs paper,small] [--size 512] [--threads N] [--repeats 3] [--no-compile]
@@ -45,6 +47,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--torch-em", metavar="VENV", default=None, help="venv with torch-em 0.10.9: add the torch-em row")
     p.add_argument("--rss-child", nargs=4, metavar=("FOLDER", "K", "SIZE", "THREADS"), help=argparse.SUPPRESS)
     p.add_argument("--torch-em-child", nargs=4, metavar=("FOLDER", "SIZE", "THREADS", "REPEATS"), help=argparse.SUPPRESS)
+    p.add_argument("--probda-child", nargs=4, metavar=("FOLDER", "SIZE", "THREADS", "REPEATS"), help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -252,7 +255,6 @@ def bench_torch_em(venv: Path, args, threads: int, workdir: Path) -> dict:
     from probda_deploy.exporters import export_onnx
     from probda_deploy.models.checkpoint import save_checkpoint
     from probda_deploy.models.importer import import_checkpoint
-    from probda_deploy.runtime import OnnxSampler
 
     say("torch-em eager in its venv")
     cmd = [str(venv / "bin" / "python"), __file__, "--torch-em-child", str(workdir), str(args.size), str(threads), str(args.repeats)]
@@ -263,10 +265,18 @@ def bench_torch_em(venv: Path, args, threads: int, workdir: Path) -> dict:
     t0 = time.perf_counter()
     folder = export_onnx(ckpt, workdir / "torch_em.probda")
     res["export_s"] = time.perf_counter() - t0
-    sampler = OnnxSampler(folder, device="cpu", threads=threads)
-    img = image(args.size)
-    res["ort_k16"] = best_time(lambda: sampler.predict(img, k=16, seed=0, tile=None), args.repeats)
+    cmd = [sys.executable, __file__, "--probda-child", str(folder), str(args.size), str(threads), str(args.repeats)]
+    res["ort_k16"] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1])
     return res
+
+
+def probda_child(folder: str, size: int, threads: int, repeats: int) -> None:
+    """(Run in a fresh process.) Time probda's ONNX sampler at K=16; print the best time."""
+    from probda_deploy.runtime import OnnxSampler
+
+    sampler = OnnxSampler(folder, device="cpu", threads=threads)
+    img = image(size)
+    print(best_time(lambda: sampler.predict(img, k=16, seed=0, tile=None), repeats))
 
 
 def report_torch_em(r: dict, args, threads: int) -> None:
@@ -310,9 +320,9 @@ def main() -> None:
         folder, k, size, thr = args.rss_child
         rss_child(folder, int(k), int(size), int(thr))
         return
-    if args.torch_em_child:
-        folder, size, thr, reps = args.torch_em_child
-        torch_em_child(folder, int(size), int(thr), int(reps))
+    if args.torch_em_child or args.probda_child:
+        folder, size, thr, reps = args.torch_em_child or args.probda_child
+        (torch_em_child if args.torch_em_child else probda_child)(folder, int(size), int(thr), int(reps))
         return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)

@@ -236,10 +236,10 @@ class OnnxSampler(Sampler):
         self.folder = Path(folder)
         self.device, self.threads = getattr(device, "value", device), threads
         manifest = load_manifest(self.folder, verify=verify)
-        self._sessions = {}
-        reports = []
+        self._sessions, reports = {}, []
         for name, graph in manifest["graphs"].items():
-            session, report = create_session(self.folder / graph["file"], device=device, threads=threads)
+            session, report = create_session(self.folder / graph["file"], device=device, threads=threads,
+                                             blocked_layout=name != "decoder")
             self._sessions[name] = session
             reports.append(report)
         super().__init__(manifest, reports[0])

@@ -3,6 +3,14 @@
 Settings (issue 4 measurements): graph optimisation ORT_ENABLE_ALL (1.5x over
 EXTENDED for convolutions), sequential execution, CPU memory arena on, intra-op
 threads = physical cores (onnxruntime's own default when `threads` is None).
+The decoder graph is the exception (`blocked_layout=False`, ORT_ENABLE_EXTENDED):
+ALL's blocked NCHWc layout reorders the (K*B, C, H, W) stack before and after
+each of its 1x1 convs, around the per-sample bias add that has no blocked kernel;
+plain 1x1 convs run as GEMMs on NCHW directly. Intra-op threads do not spin
+after a run: a sampler alternates between its sessions (prior, encoder, decoder),
+each with its own thread pool, and the idle pool's spinning threads took the
+cores from the next one (benchmarks/RESULTS.md, "Decoder layout and thread
+spinning").
 Memory patterns off (issue 15): onnxruntime plans and keeps one block per input
 shape, which nearly doubled peak RSS with tiles (punet-small, 1200 px windows,
 K=16: 2.06 GB -> 1.17 GB) and was not faster (4.9 s -> 4.6 s per window).
@@ -67,13 +75,15 @@ def requested_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def create_session(path: str | Path, *, device: str = "auto", threads: int | None = None) -> tuple[ort.InferenceSession, ProviderReport]:
+def create_session(path: str | Path, *, device: str = "auto", threads: int | None = None,
+                   blocked_layout: bool = True) -> tuple[ort.InferenceSession, ProviderReport]:
     """A new InferenceSession for `path` and what it really runs on.
 
     Args:
         path: .onnx file.
         device: auto (CUDA if it loads, else CPU), cpu or cuda.
         threads: intra-op threads; None = onnxruntime's default (physical cores).
+        blocked_layout: ORT_ENABLE_ALL (with the NCHWc layout transformer); False: ORT_ENABLE_EXTENDED.
 
     Returns:
         The session and a ProviderReport of the active providers.
@@ -84,7 +94,7 @@ def create_session(path: str | Path, *, device: str = "auto", threads: int | Non
     global _CUDA_FAILED
     device = getattr(device, "value", device)
     providers = requested_providers(device)
-    session = _new_session(path, providers, threads)
+    session = _new_session(path, providers, threads, blocked_layout)
     active = tuple(session.get_providers())
     note = ""
     if CUDA in providers and CUDA not in active:
@@ -100,12 +110,14 @@ def create_session(path: str | Path, *, device: str = "auto", threads: int | Non
     return session, ProviderReport(device=device, active=active, note=note)
 
 
-def _new_session(path: str | Path, providers: list[str], threads: int | None) -> ort.InferenceSession:
+def _new_session(path: str | Path, providers: list[str], threads: int | None, blocked_layout: bool) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if blocked_layout else level.ORT_ENABLE_EXTENDED
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_cpu_mem_arena = True
     opts.enable_mem_pattern = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = int(threads)
