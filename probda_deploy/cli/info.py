@@ -67,10 +67,36 @@ def describe_checkpoint(path: Path) -> None:
     }))
 
 
+def _tiling(m: dict) -> str:
+    tiling, rf = m.get("tiling") or {}, m.get("receptive_field") or {}
+    mode = tiling.get("mode", "exact") + (f" ({tiling['reason']})" if tiling.get("reason") else "")
+    radii = ", ".join(f"{k.removesuffix('_radius')} {v} px" for k, v in rf.items())
+    return f"{mode}; halo {m.get('default_halo', '-')} px" + (f"; receptive field radius: {radii}" if radii else "")
+
+
 def describe_export(folder: Path) -> None:
+    """The export's essentials; every file was checked against its sha256 (the full manifest: manifest.json)."""
     from ..runtime.manifest import load_manifest
 
-    out.print(_kv_table(f"export {folder}", load_manifest(folder, verify=True)))
+    m = load_manifest(folder, verify=True)
+    model, prov, c = m.get("model", {}), m.get("provenance", {}), m.get("consensus", {})
+    metrics = {k: v for k, v in prov.get("metrics", {}).items() if k.startswith("val_") and isinstance(v, float)}
+    graphs = {name: f"{g['file']}: {', '.join(g['inputs'])} -> {', '.join(g['outputs'])}" for name, g in m["graphs"].items()}
+    out.print(_kv_table(f"export {folder}", {
+        "model": f"{m['kind']} ({model.get('class', '-')}), latent dim {m.get('latent_dim', '-')}",
+        "model config": model.get("config", {}),
+        "samples (default K)": str(m.get("default_samples", 1)),
+        "consensus": f"{c.get('rule', '-')} ({c.get('threshold_high', '-')}/{c.get('threshold_low', '-')})" if c else "-",
+        "normalization": m.get("normalization", {}),
+        "tiling": _tiling(m),
+        "graphs": "\n".join(f"{name}  {text}" for name, text in graphs.items()),
+        "files": f"{len(m.get('files', {}))} files, sha256 verified",
+        "exported": f"{prov.get('exported_at', '-')} by {m.get('exporter', '-')}, opset {m.get('opset', '-')}",
+        "checkpoint": f"{prov.get('checkpoint', '-')} (iteration {prov.get('iteration', '-')}, sha256 "
+                      f"{str(prov.get('checkpoint_sha256', '-'))[:16]}...)",
+        "validation metrics": {k: round(v, 4) for k, v in metrics.items()} or "-",
+        "manifest": str(folder / "manifest.json"),
+    }))
 
 
 def info(

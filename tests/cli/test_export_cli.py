@@ -73,3 +73,16 @@ def test_bioimageio_without_the_packager(monkeypatch, unet_ckpt):
     monkeypatch.setitem(sys.modules, "probda_deploy.model_zoo.package", None)
     res = runner.invoke(app, ["export", str(unet_ckpt), "--format", "bioimageio"])
     assert res.exit_code == 1 and "model zoo packager is not available" in res.output
+
+
+@pytest.mark.parametrize("kind", ["punet", "unet"])
+def test_info_on_an_export_summarises_its_manifest(kind, punet_export, unet_export):
+    folder = punet_export if kind == "punet" else unet_export
+    m = load_manifest(folder)
+    res = runner.invoke(app, ["info", str(folder)], terminal_width=160)
+    assert res.exit_code == 0, res.output
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.output.splitlines() if line.count("│") == 3}
+    assert lines["files"] == f"{len(m['files'])} files, sha256 verified"
+    assert lines["samples (default K)"] == str(m["default_samples"]) and lines["model"].startswith(m["kind"])
+    assert all(g["file"] in res.output for g in m["graphs"].values())
+    assert f"halo {m['default_halo']} px" in lines["tiling"]
