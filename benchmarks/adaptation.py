@@ -137,8 +137,7 @@ def main() -> None:
     n, size, it_src = (4, 96, 20) if args.quick else (12, 192, 200)
     it_ad = 10 if args.quick else args.iterations
     rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in ROW_SETS[args.rows]}
-    results: dict = {}  # (shift, row) -> list of dice; plus checks
-    extra: dict = {}  # (shift, row) -> list of scores_of dicts
+    results: dict = {}  # (shift, row) -> list of scores_of dicts, one per seed
     checks = {"verdict": [], "regret": []}
     pre: dict = {}
     t_all = time.perf_counter()
@@ -157,14 +156,11 @@ def main() -> None:
             test = test_set(match_labels(*write_dataset(root / shift / "test", n_images=max(2, n // 2),
                                                         shape=(size, size), domain=shift, seed=seed + 100)))
             pre.setdefault(shift, []).append(preconditions(sources["punet"], test))
-            src_dice = {}
             for name, predict in (("Otsu threshold", lambda img: {"prob": otsu(img)}),
                                   ("UNet source", model_predictor(sources["unet"])),
                                   ("PUNet source", model_predictor(sources["punet"]))):
-                scores = scores_of(predict, test)
-                results.setdefault((shift, name), []).append(scores["dice"])
-                extra.setdefault((shift, name), []).append(scores)
-            src_dice = {"punet": results[(shift, "PUNet source")][-1], "unet": results[(shift, "UNet source")][-1]}
+                results.setdefault((shift, name), []).append(scores_of(predict, test))
+            src_dice = {kind: results[(shift, f"{label} source")][-1]["dice"] for kind, label in (("punet", "PUNet"), ("unet", "UNet"))}
             for name, (kind, cfg) in rows.items():
                 run = root / shift / ("adapt_" + name.split(" (")[0].replace(" ", "_"))
                 cfg = replace(cfg, iterations=it_ad, val_every=max(5, it_ad // 3), seed=seed)
@@ -181,8 +177,7 @@ def main() -> None:
                     best = run / "best.pt"
                     scores = scores_of(model_predictor(best if best.exists() else sources[kind]), test)
                 dice = scores["dice"]
-                results.setdefault((shift, name), []).append(dice)
-                extra.setdefault((shift, name), []).append(scores)
+                results.setdefault((shift, name), []).append(scores)
                 change = dice - src_dice[kind]
                 if abs(change) >= 0.02:
                     checks["verdict"].append((verdict == "improved") == (change > 0) and verdict != "unchanged")
@@ -198,7 +193,7 @@ def main() -> None:
           f"total {time.perf_counter() - t_all:.0f}s\n")
     names = ["Otsu threshold", "UNet source", "PUNet source", *rows]
     _print_table(args.shifts, results, pre, names)
-    _print_extra(args.shifts, extra, names)
+    _print_extra(args.shifts, results, names)
     verdicts, regrets = checks["verdict"], checks["regret"]
     print(f"- label-free verdict agrees with the sign of the true change (|change| >= 0.02): {sum(verdicts)} of {len(verdicts)} runs")
     if regrets:
@@ -218,17 +213,17 @@ def _print_table(shifts, results, pre, names) -> None:
                        ("errors > 3 px from a border", "err_far")):
         print(f"| *{label}* | " + " | ".join(f"{np.mean([p[key] for p in pre[s]]):.2f}" for s in shifts) + " |")
     for name in names:
-        print(f"| {name} | " + " | ".join(_fmt(results[(s, name)]) for s in shifts) + " |")
+        print(f"| {name} | " + " | ".join(_fmt([r["dice"] for r in results[(s, name)]]) for s in shifts) + " |")
 
 
-def _print_extra(shifts, extra, names) -> None:
+def _print_extra(shifts, results, names) -> None:
     print("\nThe same models: soft dice / mean consensus / object F1@0.5, means over seeds\n")
     print("| method | " + " | ".join(shifts) + " |")
     print("|---|" + "---|" * len(shifts))
     for name in names:
         cells = []
         for s in shifts:
-            m = {k: np.mean([r[k] for r in extra[(s, name)]]) for k in ("soft", "consensus", "f1")}
+            m = {k: np.mean([r[k] for r in results[(s, name)]]) for k in ("soft", "consensus", "f1")}
             cells.append(" / ".join("-" if np.isnan(v) else f"{v:.3f}" for v in m.values()))
         print(f"| {name} | " + " | ".join(cells) + " |")
 

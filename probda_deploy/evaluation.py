@@ -29,7 +29,7 @@ from .data.pairs import match_labels
 from .errors import ConfigError, LabelMatchError, ProbdaError
 from .files import write_text_atomic
 from .metrics import CalibrationBins, image_metrics, object_metrics
-from .runtime.instances import InstanceConfig, least_certain, object_table, separate_instances
+from .runtime.instances import LEAST_CERTAIN, InstanceConfig, least_certain, object_table, separate_instances
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ ROW_FIELDS = ("name", "dice_hard", "dice_soft", "iou", "foreground_pred", "foreg
               "object_f1_50", "object_f1_50_95", "panoptic_quality")
 METRICS = ROW_FIELDS[1:]
 OBJECT_METRICS = ("object_f1_50", "object_f1_50_95", "panoptic_quality")  # instance labels only
-LEAST_CERTAIN = 10  # objects listed in the report and summary.json
 
 
 def summary_key(metric: str) -> str:

@@ -162,13 +162,13 @@ def _summary(report, note: str) -> None:
         out.print(f"[red]failed:[/] {r.path}")
 
 
-def _least_certain_table(results, n: int = 10):
-    """The n least certain objects of the batch (lowest mean consensus): the ones to check by hand."""
+def _least_certain_table(results):
+    """The least certain objects of the batch (lowest mean consensus): the ones to check by hand."""
     from rich.table import Table
 
     from ..runtime.instances import least_certain
 
-    rows = least_certain(({**row, "image": Path(r.path).name} for r in results for row in r.objects.least_certain), n)
+    rows = least_certain({**row, "image": Path(r.path).name} for r in results for row in r.objects.least_certain)
     stacks = any("z" in row for row in rows)
     table = Table(title=f"the {len(rows)} least certain objects (lowest mean consensus; all objects in NAME_objects.csv)",
                   title_justify="left")

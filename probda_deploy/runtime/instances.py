@@ -142,6 +142,9 @@ def iter_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5, plane
         yield row if planes is None else {"z": int(planes[j]), **row}
 
 
+LEAST_CERTAIN = 10  # objects a summary lists: per image, per batch (`probda segment`) and in reports
+
+
 @dataclass(frozen=True)
 class ObjectSummary:
     """What a report says of an image's objects: how many, how many flagged `uncertain`, the least certain rows."""
@@ -151,7 +154,7 @@ class ObjectSummary:
     least_certain: tuple[dict, ...]
 
 
-def summarize_objects(rows: Iterable[dict], n: int = 10) -> ObjectSummary:
+def summarize_objects(rows: Iterable[dict], n: int = LEAST_CERTAIN) -> ObjectSummary:
     """Count the rows (a list or a stream) and keep the n least certain (`least_certain`), in one pass."""
     counts = [0, 0]
 
@@ -165,7 +168,7 @@ def summarize_objects(rows: Iterable[dict], n: int = 10) -> ObjectSummary:
     return ObjectSummary(counts[0], counts[1], tuple(least))
 
 
-def least_certain(rows: Iterable[dict], n: int = 10) -> list[dict]:
+def least_certain(rows: Iterable[dict], n: int = LEAST_CERTAIN) -> list[dict]:
     """The n objects with the lowest mean consensus (ties: larger std first)."""
     return heapq.nsmallest(n, rows, key=lambda r: (r["mean_consensus"], -r["mean_std"]))
 
