@@ -47,7 +47,10 @@ class Sink(Protocol):
         """Keys of blocks already written."""
 
     def write(self, key: str, z: int, tile: Tile, maps: dict[str, np.ndarray]) -> None:
-        """Store the maps (clipped core of `tile`, plane z)."""
+        """Store the maps (clipped core of `tile`, plane z); the sink may store them after returning."""
+
+    def flush(self) -> None:
+        """Return once every block handed to `write` is stored (also when the run stops early)."""
 
     def finish(self, executor):
         """Complete the output (passes over the finished maps run as tasks on `executor`); returns what the caller reports."""
@@ -108,8 +111,11 @@ def predict_image(
     jobs = [(block_key(z, i), (sampler, image, z, i, t, normalize, stats[z], latents[z], sink))
             for z in planes for i, t in enumerate(tiles) if block_key(z, i) not in skip]
     progress.step(blocks - len(jobs))
-    for _ in executor.run(block_task, jobs):
-        progress.step()
+    try:
+        for _ in executor.run(block_task, jobs):
+            progress.step()
+    finally:
+        sink.flush()
     sink.finish(executor)
     return len(jobs), blocks
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,9 @@ class MemorySink:
                 self.maps[name][:, y0 : y0 + h, x0 : x0 + w] = arr
             else:
                 self.maps[name][z, y0 : y0 + h, x0 : x0 + w] = arr
+
+    def flush(self) -> None:
+        pass
 
     def finish(self, executor=None):
         return None
@@ -172,6 +176,14 @@ class ZarrSink:
     instances: InstanceConfig | None = None
     objects: Path | None = None
     object_summary: ObjectSummary | None = None  # with `objects`, once finished
+    # compress and write each block on a thread while the next one is predicted; a copy sent to
+    # another process (Dask) writes in the task, so a finished task has written its block
+    background: bool = True
+    _writer: ThreadPoolExecutor | None = field(default=None, repr=False, compare=False)
+    _pending: object = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "background": False, "_writer": None, "_pending": None}
 
     @property
     def partial(self) -> Path:
@@ -201,9 +213,23 @@ class ZarrSink:
     def write(self, key: str, z: int, tile: Tile, maps: dict[str, np.ndarray]) -> None:
         maps = {**maps, "mask": (maps["prob"] >= self.threshold).astype(np.uint8)}
         origin = ((z,) if len(self.layout.shape) == 3 else ()) + (tile.core[0], tile.core[2])
-        oz.write_block(self.partial, self.layout, key=key, origin=origin, maps=maps)
+        if self.background:
+            self._wait()  # one block in flight bounds the memory
+            self._writer = self._writer or ThreadPoolExecutor(1, thread_name_prefix="zarr-write")
+            self._pending = self._writer.submit(oz.write_block, self.partial, self.layout, key=key, origin=origin, maps=maps)
+        else:
+            oz.write_block(self.partial, self.layout, key=key, origin=origin, maps=maps)
         if self.preview_step:
             self._keep_preview(z, tile, maps)
+
+    def flush(self) -> None:
+        self._wait()
+
+    def _wait(self) -> None:
+        """Wait for the block being written; its error, if any, is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _keep_preview(self, z: int, tile: Tile, maps: dict[str, np.ndarray]) -> None:
         """Downsampled mask and consensus of the middle plane, from the blocks as they are written."""
@@ -223,6 +249,10 @@ class ZarrSink:
 
     def finish(self, executor=None) -> Path:
         """Label instances block by block (tasks on `executor`), write the object table, rename the output."""
+        self.flush()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         if self.layout.instances:
             cfg = self.instances or InstanceConfig(threshold=self.threshold)
             ids, sums, planes = label_blocks(self.partial, self.layout, cfg, executor=executor, table=self.objects is not None)

@@ -157,6 +157,25 @@ def test_resume_redoes_only_missing_blocks(sampler, tmp_path):
         np.testing.assert_array_equal(a[f"labels/mask/{lvl}"][:], b[f"labels/mask/{lvl}"][:])
 
 
+def test_a_block_that_cannot_be_stored_fails_the_file(sampler, tmp_path, monkeypatch):
+    """Blocks are stored on a thread while the next is predicted: a write error still fails the file, blocks
+    stored before it keep their markers, and no finished output appears."""
+    src = write_input(tmp_path / "w.zarr", (512, 480), chunk=256)
+    out = tmp_path / "o" / "w.ome.zarr"
+    write_block, calls = oz.write_block, []
+
+    def disk_full_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        write_block(*args, **kwargs)
+
+    monkeypatch.setattr(oz, "write_block", disk_full_at_third)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        _run(sampler, src, out, tile=128, seed=1)
+    assert not out.exists() and len(oz.done_blocks(oz.partial_path(out))) == 2
+
+
 def test_chunked_inputs(tmp_path):
     img = synthetic(np.arange(130), np.arange(150))
     tifffile.imwrite(tmp_path / "plain.tif", img)
