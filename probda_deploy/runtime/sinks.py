@@ -214,7 +214,7 @@ class ZarrSink:
         maps = {**maps, "mask": (maps["prob"] >= self.threshold).astype(np.uint8)}
         origin = ((z,) if len(self.layout.shape) == 3 else ()) + (tile.core[0], tile.core[2])
         if self.background:
-            self._wait()  # one block in flight bounds the memory
+            self.flush()  # one block in flight bounds the memory
             self._writer = self._writer or ThreadPoolExecutor(1, thread_name_prefix="zarr-write")
             self._pending = self._writer.submit(oz.write_block, self.partial, self.layout, key=key, origin=origin, maps=maps)
         else:
@@ -223,9 +223,6 @@ class ZarrSink:
             self._keep_preview(z, tile, maps)
 
     def flush(self) -> None:
-        self._wait()
-
-    def _wait(self) -> None:
         """Wait for the block being written; its error, if any, is raised here."""
         pending, self._pending = self._pending, None
         if pending is not None:
