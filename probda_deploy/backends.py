@@ -60,6 +60,8 @@ class TorchSampler(Sampler):
             "consensus": dict(consensus or DEFAULT_CONSENSUS), "normalization": dict(normalization or DEFAULT_NORMALIZATION),
             "tiling": {"mode": "whole-image", "reason": "torch backend"},
         }
+        if int(getattr(cfg, "num_classes", getattr(cfg, "out_channels", 1))) == 2:  # probda train --boundaries
+            spec["maps"] = ["prob", "consensus", "std", "boundary"]
         super().__init__(spec, ProviderReport(self.device, (f"torch {torch.__version__}",)))
 
     def prior_sum(self, window: np.ndarray, tile: Tile) -> tuple[np.ndarray, int]:
@@ -76,12 +78,15 @@ class TorchSampler(Sampler):
         """Maps of the image (the one window): K samples of `sample_logits` (or the UNet), reduced as the export does."""
         x = torch.from_numpy(np.ascontiguousarray(window)).to(self.device)
         if self.kind == "punet":
-            probs = torch.sigmoid(self.module.sample_logits(x, eps=torch.from_numpy(z).to(self.device)))[:, 0, 0]
+            both = torch.sigmoid(self.module.sample_logits(x, eps=torch.from_numpy(z).to(self.device)))[:, 0]
         else:
-            probs = torch.sigmoid(self.module(x))[:, 0]
-        probs = probs.float().cpu().numpy()[:, : shape[0], : shape[1]]
+            both = torch.sigmoid(self.module(x))  # (1, C, H, W): one "sample"
+        both = both.float().cpu().numpy()[:, :, : shape[0], : shape[1]]
+        probs = both[:, 0]
         c = self.consensus_cfg
         maps = reduce_samples(probs, rule=c["rule"], high=c["threshold_high"], low=c["threshold_low"])
+        if "boundary" in self.maps:
+            maps["boundary"] = both[:, 1].mean(0)
         if samples:
             maps["samples"] = probs
         return maps

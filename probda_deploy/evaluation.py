@@ -224,10 +224,12 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, thr
     label = None if ids is None else (ids != 0).astype(np.float32)
     slices = image[None] if image.ndim == 2 else image
     maps = predict(image, img_path.name)  # (Z, H, W) maps of stacks, (H, W) of 2D images
-    maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32) for key in ("prob", "consensus", "std")}
+    maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32)
+            for key in ("prob", "consensus", "std", "boundary") if key in maps}
     fg_pred = float((maps["prob"] >= threshold).mean())
     cfg = InstanceConfig(threshold=threshold)
-    instances = [separate_instances(p, cfg) for p in maps["prob"]]
+    boundary = maps.get("boundary")  # boundary models: instances split at the predicted boundaries, as `segment` does
+    instances = [separate_instances(p, cfg, None if boundary is None else boundary[z]) for z, p in enumerate(maps["prob"])]
     objects = ({"image": img_path.name, **({"z": z} if image.ndim == 3 else {}), **r}
                for z, inst in enumerate(instances)
                for r in object_table(inst, {k: maps[k][z] for k in ("prob", "consensus", "std")}))

@@ -39,6 +39,7 @@ class View(str, Enum):
     none = "none"
     noise = "noise"
     noise_shading = "noise-shading"
+    noise_background = "noise-background"
     weak = "weak"
     strong = "strong"
     strong_intensity = "strong-intensity"

@@ -86,6 +86,7 @@ def describe_export(folder: Path) -> None:
         "model": f"{m['kind']} ({model.get('class', '-')}), latent dim {m.get('latent_dim', '-')}",
         "model config": model.get("config", {}),
         "samples (default K)": str(m.get("default_samples", 1)),
+        "maps": ", ".join(m.get("maps", ("prob", "consensus", "std"))),
         "consensus": f"{c.get('rule', '-')} ({c.get('threshold_high', '-')}/{c.get('threshold_low', '-')})" if c else "-",
         "normalization": m.get("normalization", {}),
         "tiling": _tiling(m),

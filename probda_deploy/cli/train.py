@@ -27,6 +27,7 @@ def train(
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of images held out for validation [default: 0.1].")] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate and checkpoint every N iterations [default: 100].")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed [default: 0].")] = None,
+    boundaries: Annotated[Optional[bool], typer.Option("--boundaries/--no-boundaries", help="Also learn object boundaries from instance labels (a second output; `probda segment --instances` splits touching objects at them).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest.pt.")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto | cpu | cuda")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -39,7 +40,8 @@ def train(
 
     cfg, model_options = (load_toml(config) if config else (TrainConfig(), {}))
     flags = dict(model=model, iterations=iterations, patch_size=patch_size, batch_size=batch_size, lr=lr,
-                 augment=augment, normalization=normalization, val_fraction=val_fraction, val_every=val_every, seed=seed)
+                 augment=augment, normalization=normalization, val_fraction=val_fraction, val_every=val_every, seed=seed,
+                 boundaries=boundaries)
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     dev = resolve_device(device)
     if patch_size is None and "patch_size" not in (_toml_keys(config) if config else set()) and dev == "cpu":

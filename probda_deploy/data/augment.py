@@ -72,6 +72,16 @@ def _shading(rng: np.random.Generator, x: np.ndarray, log_amplitude: float) -> n
     return ((x - lo) * np.exp(log_amplitude * ramp) + lo).astype(x.dtype)
 
 
+def _background(rng: np.random.Generator, x: np.ndarray, amplitude: float, length: float) -> np.ndarray:
+    """Additive smooth background (out-of-focus light, autofluorescence): a random field with
+    correlation length ~`length` px, from 0 to `amplitude` x the patch's std."""
+    h, w = x.shape[-2:]
+    grid = rng.random((int(np.ceil(h / length)) + 2, int(np.ceil(w / length)) + 2))
+    field = ndimage.zoom(grid, length, order=3)[: h, : w]
+    field = (field - field.min()) / (np.ptp(field) + 1e-7)
+    return (x + amplitude * float(x.std()) * field).astype(x.dtype)
+
+
 def _low_res(x: np.ndarray, factor: float) -> np.ndarray:
     small = ndimage.zoom(x, (1, 1 / factor, 1 / factor), order=0)
     zoom = (1, x.shape[-2] / small.shape[-2], x.shape[-1] / small.shape[-1])
@@ -113,6 +123,7 @@ class ViewAugment:
     contrast: tuple[float, float] | None = None
     gamma: tuple[float, float] | None = None
     shading: float | None = None  # max log-amplitude of an illumination ramp (`_shading`)
+    background: float | None = None  # max amplitude (x patch std) of an additive smooth field (`_background`)
     p: float = 0.25
 
     def __call__(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
@@ -129,6 +140,8 @@ class ViewAugment:
                 s = _gamma(s, np.exp(rng.uniform(np.log(self.gamma[0]), np.log(self.gamma[1]))))
             if self.shading is not None and rng.random() < self.p:
                 s = _shading(rng, s, rng.uniform(0, self.shading))
+            if self.background is not None and rng.random() < self.p:
+                s = _background(rng, s, rng.uniform(0, self.background), rng.uniform(24, 64))
             out[i] = s
         return standardize_batch(out)
 
@@ -143,4 +156,5 @@ STRONG = ViewAugment(blur=(1.0, 4.0), noise=(0.1, 0.35), contrast=(0.33, 3.0), p
 STRONG_INTENSITY = ViewAugment(blur=None, noise=(0.1, 0.35), gamma=(0.5, 2.0), p=0.5)
 VIEWS = {"none": _geometry_only, "noise": ViewAugment(blur=None, noise=(0.0, 0.15), p=0.5),
          "weak": WEAK, "strong": STRONG, "strong-intensity": STRONG_INTENSITY,
-         "noise-shading": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), p=0.5)}
+         "noise-shading": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), p=0.5),
+         "noise-background": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), background=2.0, p=0.5)}

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class ImageSet:
     """Raw float32 (H, W) images, optional labels and their source names.
 
-    Labels are binary (H, W) masks, or (C, H, W) float maps cropped alongside the
-    image (the source model's pseudo-labels, `training.pseudo_labels.source_maps`).
+    Labels are binary (H, W) masks, (2, H, W) foreground and object boundaries
+    (`boundary_targets`), or (C, H, W) float maps cropped alongside the image (the
+    source model's pseudo-labels, `training.pseudo_labels.source_maps`).
     """
 
     images: list[np.ndarray]
@@ -51,8 +52,28 @@ class ImageSet:
         return ImageSet([self.images[i] for i in idx], labels, [self.names[i] for i in idx])
 
 
-def load_image_set(pairs_or_files: list, *, labeled: bool) -> ImageSet:
+def foreground(label: np.ndarray) -> np.ndarray:
+    """The foreground of an (H, W) mask or of (C, H, W) targets (channel 0)."""
+    return label if label.ndim == 2 else label[0]
+
+
+def boundary_targets(ids: np.ndarray) -> np.ndarray:
+    """(2, H, W) float32 training targets from (H, W) instance ids: foreground and object boundaries.
+
+    Boundaries are `skimage.segmentation.find_boundaries(mode="thick")`: the pixels on both sides of
+    every object's edge, so the line between two touching objects is 2 px wide. A binary label
+    (one id for every object) gives the outline of each connected component only; touching objects
+    need instance ids.
+    """
+    from skimage.segmentation import find_boundaries
+
+    return np.stack([ids > 0, find_boundaries(ids, mode="thick")]).astype(np.float32)
+
+
+def load_image_set(pairs_or_files: list, *, labeled: bool, boundaries: bool = False) -> ImageSet:
     """Read (image, label) pairs or image files; 3D stacks contribute each slice.
+
+    With `boundaries`, each label slice becomes (2, H, W) `boundary_targets` of its instance ids.
 
     Every file is checked before anything is trained on: all problems are
     reported together, one line per file.
@@ -66,7 +87,7 @@ def load_image_set(pairs_or_files: list, *, labeled: bool) -> ImageSet:
         img_path, lab_path = (item if labeled else (item, None))
         try:
             img = read_image(img_path)
-            lab = read_label(lab_path, shape=img.shape, image_path=img_path) if labeled else None
+            lab = read_label(lab_path, shape=img.shape, image_path=img_path, binary=not boundaries) if labeled else None
         except ProbdaError as e:
             problems.append(str(e))
             continue
@@ -76,7 +97,7 @@ def load_image_set(pairs_or_files: list, *, labeled: bool) -> ImageSet:
             images.append(s)
             names.append(Path(img_path).name + (f"[{z}]" if img.ndim == 3 else ""))
             if labeled:
-                labels.append(lab_slices[z])
+                labels.append(boundary_targets(lab_slices[z]) if boundaries else lab_slices[z])
     if problems:
         what = "image/label pairs" if labeled else "images"
         problems.append(f"{len(problems)} of {len(pairs_or_files)} {what} cannot be used; fix or remove them (nothing was trained)")
@@ -146,7 +167,7 @@ class PatchSampler:
             y = int(rng.integers(max(1, img.shape[0] - self.size + 1)))
             x = int(rng.integers(max(1, img.shape[1] - self.size + 1)))
             lab = None if self.data.labels is None else _crop(self.data.labels[i], y, x, self.size)
-            if lab is None or self.min_fg <= 0 or lab.mean() >= self.min_fg:
+            if lab is None or self.min_fg <= 0 or foreground(lab).mean() >= self.min_fg:
                 break
         return standardize_crop(self.data, i, y, x, self.size, self.stats), lab
 
@@ -180,5 +201,5 @@ def grid_patches(data: ImageSet, patch_size: int, *, max_patches: int = 64,
                     ys.append(_crop(data.labels[i], y0, x0, patch_size))
     idx = np.linspace(0, len(xs) - 1, num=min(max_patches, len(xs))).round().astype(int)
     x = np.stack([xs[i] for i in idx])[:, None]
-    y = None if not ys else np.stack([ys[i] for i in idx])[:, None].astype(np.float32)
-    return x, y
+    y = None if not ys else np.stack([ys[i] for i in idx]).astype(np.float32)
+    return x, (y[:, None] if y is not None and y.ndim == 3 else y)

@@ -7,8 +7,9 @@ Graphs of a PUNet export (all with dynamic batch, height and width):
                      sums the map over each tile's own cells, so the mean tiles exactly
     prior_head.onnx  pooled (B, Cp) -> mu, log_sigma (B, L): the 1x1 conv as a Gemm
     decoder.onnx     features (B, C, H, W), z (K, B, L) -> prob, consensus, std (B, 1, H, W)
-                     and probs (K, B, 1, H, W)
-A UNet export is one graph, model.onnx: image -> prob (B, 1, H, W).
+                     and probs (K, B, 1, H, W) of the foreground (+ boundary (B, 1, H, W), the
+                     mean object-boundary probability, for models trained with --boundaries)
+A UNet export is one graph, model.onnx: image -> prob (B, 1, H, W) (+ boundary).
 """
 
 from __future__ import annotations
@@ -66,26 +67,30 @@ class DecoderGraph(nn.Module):
         bias = z @ self.w_z.T + self.b  # (K, B, C)
         pre = base.unsqueeze(0) + bias[..., None, None]  # (K, B, C, H, W)
         k, b = z.shape[0], z.shape[1]
-        logits = self.fcomb.tail(pre.flatten(0, 1))  # (K*B, 1, H, W)
-        probs = torch.sigmoid(logits).reshape(k, b, *logits.shape[1:])
+        logits = self.fcomb.tail(pre.flatten(0, 1))  # (K*B, classes, H, W)
+        both = torch.sigmoid(logits).reshape(k, b, *logits.shape[1:])
+        probs = both[:, :, :1]  # foreground
         mean = probs.mean(dim=0)
         std = torch.sqrt(((probs - mean.unsqueeze(0)) ** 2).mean(dim=0))
         # float masks: onnxruntime has no Where kernel for bool operands
         hi, lo = (probs >= self.high).to(probs.dtype), (probs <= self.low).to(probs.dtype)
         hits = torch.maximum(hi, lo) if self.rule == "confident" else torch.where(mean.unsqueeze(0) >= 0.5, hi, lo)
         consensus = hits.mean(dim=0)
+        if both.shape[2] > 1:  # boundary model: + mean probability of an object boundary
+            return mean, consensus, std, probs, both[:, :, 1:2].mean(dim=0)
         return mean, consensus, std, probs
 
 
 class UNetGraph(nn.Module):
-    """Plain UNet: image (B, 1, H, W) -> foreground probability (B, 1, H, W)."""
+    """Plain UNet: image (B, 1, H, W) -> foreground probability (B, 1, H, W) (+ boundary probability)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.unet, self.last_layer = model.unet, model.last_layer
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.last_layer(self.unet(image)))
+    def forward(self, image: torch.Tensor):
+        prob = torch.sigmoid(self.last_layer(self.unet(image)))
+        return (prob[:, :1], prob[:, 1:2]) if prob.shape[1] > 1 else prob
 
 
 def write_prior_head(conv: nn.Conv2d, latent_dim: int, path: Path, *, opset: int) -> None:

@@ -119,12 +119,17 @@ def _check_supported(model: nn.Module, source: str) -> None:
     if not isinstance(model, (PUNet, UNet)):
         raise ExportError(f"{source}: cannot export {type(model).__name__}; only probda PUNet and UNet models")
     cfg = model.config
-    classes = cfg.num_classes if isinstance(model, PUNet) else cfg.out_channels
-    if cfg.in_channels != 1 or classes != 1:
+    classes = output_classes(model)
+    if cfg.in_channels != 1 or classes not in (1, 2):
         raise ExportError(
             f"{source}: model has {cfg.in_channels} input channel(s) and {classes} class(es); "
-            f"the ONNX runtime supports single-channel images with one foreground class"
+            f"the ONNX runtime supports single-channel images with a foreground output (and a boundary output)"
         )
+
+
+def output_classes(model: nn.Module) -> int:
+    """Outputs of a probda model: 1 (foreground) or 2 (foreground, object boundaries: `probda train --boundaries`)."""
+    return model.config.num_classes if isinstance(model, PUNet) else model.config.out_channels
 
 
 @contextlib.contextmanager
@@ -198,9 +203,10 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
         image = torch.randn(2, 1, side, side + s)
     img_axes = ({0: bat, 2: hgt, 3: wid},)
     image_shape = ["batch", 1, "height", "width"]
+    boundary = ["boundary"] if output_classes(model) == 2 else []
     if isinstance(model, UNet):
-        _export(UNetGraph(model), (image,), img_axes, ["image"], ["prob"], folder / "model.onnx", opset)
-        return {"model": _graph("model.onnx", {"image": image_shape}, {"prob": image_shape})}
+        _export(UNetGraph(model), (image,), img_axes, ["image"], ["prob", *boundary], folder / "model.onnx", opset)
+        return {"model": _graph("model.onnx", {"image": image_shape}, {n: image_shape for n in ["prob", *boundary]})}
     c, cp, L = cfg.initial_features, model.prior.conv_layer.in_channels, cfg.latent_dim
     _export(EncoderGraph(model), (image,), img_axes, ["image"], ["features"], folder / "encoder.onnx", opset)
     _export(PriorTrunkGraph(model), (image,), img_axes, ["image"], ["prior_features"], folder / "prior.onnx", opset)
@@ -209,7 +215,7 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
         feats, z = torch.randn(2, c, 12, 10), torch.randn(3, 2, L)
     k = torch.export.Dim("samples")
     dec_axes = ({0: bat, 2: hgt, 3: wid}, {0: k, 1: bat})
-    outs = ["prob", "consensus", "std", "probs"]
+    outs = ["prob", "consensus", "std", "probs", *boundary]
     _export(DecoderGraph(model, rule=rule, high=high, low=low), (feats, z), dec_axes, ["features", "z"], outs, folder / "decoder.onnx", opset)
     map_shape = ["batch", 1, "height", "width"]
     return {
@@ -219,7 +225,8 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
         "decoder": _graph(
             "decoder.onnx",
             {"features": ["batch", c, "height", "width"], "z": ["samples", "batch", L]},
-            {"prob": map_shape, "consensus": map_shape, "std": map_shape, "probs": ["samples", *map_shape]},
+            {"prob": map_shape, "consensus": map_shape, "std": map_shape, "probs": ["samples", *map_shape],
+             **{n: map_shape for n in boundary}},
         ),
     }
 
@@ -257,6 +264,8 @@ def _manifest(model, graphs, folder, *, ckpt, source, samples, opset, rule, high
         "latent_dim": cfg.latent_dim if is_punet else 0,
         "default_samples": samples if is_punet else 1,
         "threshold": 0.5,
+        # per-pixel maps of the runtime: foreground mean, consensus, std (+ mean object-boundary probability)
+        "maps": ["prob", "consensus", "std", *(["boundary"] if output_classes(model) == 2 else [])],
         "consensus": {"rule": rule, "threshold_high": high, "threshold_low": low, "class_threshold": 0.5},
         "std": "population standard deviation (ddof=0) of the K sample probabilities",
         "normalization": dict((ckpt or {}).get("normalization") or {"mode": "zero_mean_unit_variance", "scope": "image", "eps": 1e-7}),
@@ -304,13 +313,14 @@ def _compare(sampler, model: nn.Module, folder: Path, tol: float) -> None:
     x = rng.standard_normal((1, max(3 * s, side + s) + 1, max(2 * s, side) + 3)).astype(np.float32)
     if isinstance(model, PUNet):
         eps = rng.standard_normal((3, 1, model.config.latent_dim)).astype(np.float32)
-        got = sampler.predict(x[0], eps=eps[:, 0], tile=None, normalize="none")["prob"][None]
+        maps = sampler.predict(x[0], eps=eps[:, 0], tile=None, normalize="none")
         with torch.no_grad():
-            ref = torch.sigmoid(model.sample_logits(torch.from_numpy(x)[:, None], eps=torch.from_numpy(eps))).mean(0)[:, 0].numpy()
+            ref = torch.sigmoid(model.sample_logits(torch.from_numpy(x)[:, None], eps=torch.from_numpy(eps))).mean(0)[0].numpy()
     else:
-        got = sampler.predict(x[0], tile=None, normalize="none")["prob"][None]
+        maps = sampler.predict(x[0], tile=None, normalize="none")
         with torch.no_grad():
-            ref = torch.sigmoid(model(torch.from_numpy(x)[:, None]))[:, 0].numpy()
+            ref = torch.sigmoid(model(torch.from_numpy(x)[:, None]))[0].numpy()
+    got = np.stack([maps[n] for n in ("prob", "boundary")[: ref.shape[0]]])
     err = float(np.abs(got - ref).max())
     if not err <= tol:
         raise ExportError(f"{folder}: onnxruntime differs from torch by {err:.2e} (> {tol:g}); report this with the model config")

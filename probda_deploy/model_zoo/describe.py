@@ -114,7 +114,8 @@ def _input_descr(files: ZooFiles, geo: Geometry, norm_eps: float):
 def _output_descr(key: str, path: Path, geo: Geometry):
     from bioimageio.spec.model import v0_5 as s
 
-    names = ["foreground"] if geo.num_classes == 1 else [f"class{i}" for i in range(geo.num_classes)]
+    # probda's two-output models are boundary models (`probda train --boundaries`)
+    names = ["foreground", "boundary"][: geo.num_classes] if geo.num_classes <= 2 else [f"class{i}" for i in range(geo.num_classes)]
     ref = {a: s.SizeReference(tensor_id=s.TensorId(INPUT_ID), axis_id=s.AxisId(a)) for a in ("y", "x")}
     top = 0.5 if key == "std" else 1.0
     return s.OutputTensorDescr(

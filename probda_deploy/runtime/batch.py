@@ -115,12 +115,14 @@ class SegmentOptions:
     overwrite: bool = False
     ngff: str = "0.4"
     preview: bool = False
+    maps: tuple[str, ...] = ("prob", "consensus", "std")  # what the model predicts (+ boundary)
 
     def numbers(self) -> dict:
         """The options that define an OME-Zarr output's numbers (stored in it, checked on --resume)."""
-        instances = bool(set(INSTANCE_OUTPUTS) & set(self.outputs))  # the instance pass reads all three channels
+        instances = bool(set(INSTANCE_OUTPUTS) & set(self.outputs))  # the instance pass reads every channel
+        channels = [n for n in oz.ALL_CHANNELS if n in self.outputs or (instances and n in self.maps)]
         return {"samples": self.samples, "seed": self.seed, "tile": self.tile, "halo": self.halo, "normalize": self.normalize,
-                "threshold": self.threshold, "channels": [n for n in oz.FLOAT_CHANNELS if n in self.outputs or instances],
+                "threshold": self.threshold, "channels": channels,
                 "mask": "mask" in self.outputs, "instances": instances, "ngff": self.ngff}
 
 
@@ -148,11 +150,13 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
     outputs = parse_outputs(outputs)
     if fmt == "ome-zarr" and "labels" in outputs:
         raise ConfigError("--outputs labels: connected components are not written to OME-Zarr; use instances or --format tif")
+    if "boundary" in outputs and "boundary" not in sampler.maps:
+        raise ConfigError(f"--outputs boundary: {sampler.folder} has no boundary output; train the model with `probda train --boundaries`")
     threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
     return SegmentOptions(
         model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,
         threshold=threshold, seed=seed, tile=tile, halo=sampler.default_halo if halo is None else halo,
-        normalize=normalize, fmt=fmt, resume=resume, overwrite=overwrite, ngff=ngff, preview=preview)
+        normalize=normalize, fmt=fmt, resume=resume, overwrite=overwrite, ngff=ngff, preview=preview, maps=sampler.maps)
 
 
 def segment_file(path: Path, options: SegmentOptions, fmt: str, executor=None, *,

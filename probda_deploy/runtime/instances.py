@@ -51,8 +51,14 @@ class InstanceConfig:
             raise ValueError("seed height and block halo must be > 0, sigma and min size >= 0")
 
 
-def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig()) -> np.ndarray:
-    """One id per object: (H, W) mean probability -> (H, W) uint16 labels (uint32 above 65535 objects), 0 = background."""
+def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
+                       boundary: np.ndarray | None = None) -> np.ndarray:
+    """One id per object: (H, W) mean probability -> (H, W) uint16 labels (uint32 above 65535 objects), 0 = background.
+
+    With the boundary map of a boundary model, the distance transform is taken of the mask with the
+    predicted boundaries (>= 0.5) cut out, so touching objects that the foreground fills between get
+    one seed each; the watershed still floods the whole mask.
+    """
     from skimage.morphology import h_maxima
     from skimage.segmentation import relabel_sequential, watershed
 
@@ -60,7 +66,7 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig())
     mask = prob >= cfg.threshold
     if not mask.any():
         return np.zeros(prob.shape, np.uint16)
-    dist = ndimage.distance_transform_edt(mask)
+    dist = ndimage.distance_transform_edt(mask if boundary is None else mask & (boundary < 0.5))
     if cfg.sigma > 0:
         dist = ndimage.gaussian_filter(dist, cfg.sigma)
     seeds = h_maxima(dist, cfg.seed_height).astype(bool) & mask

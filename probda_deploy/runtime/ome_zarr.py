@@ -2,7 +2,7 @@
 
 Layout of `NAME.ome.zarr` (NGFF 0.4 on zarr v2 by default, 0.5 on zarr v3):
 ```
-NAME.ome.zarr/          image: axes (c, [z,] y, x), channels = float maps (prob, consensus, std)
+NAME.ome.zarr/          image: axes (c, [z,] y, x), channels = float maps (prob, consensus, std[, boundary])
   0/ 1/ 2/ ...          pyramid levels, 2x mean-downsampled in y and x
   labels/mask/0 1 ...   uint8 mask (image-label, nearest downsampling)
   labels/instances/...  uint32 object ids (with --instances; written after all blocks, see zarr_instances.py)
@@ -32,7 +32,8 @@ from ..files import replace_dir
 
 log = logging.getLogger(__name__)
 
-FLOAT_CHANNELS = ("prob", "consensus", "std")
+FLOAT_CHANNELS = ("prob", "consensus", "std")  # the maps of every model
+ALL_CHANNELS = (*FLOAT_CHANNELS, "boundary")  # boundary: models trained with --boundaries
 MARKERS = ".probda_blocks"
 SUFFIX = ".ome.zarr"
 PARTIAL = ".partial"
@@ -218,7 +219,7 @@ def write_label(root, layout: ZarrLayout, name: str, *, origin: tuple[int, ...],
 
 
 def read_region(root, layout: ZarrLayout, name: str, *, z: int | None, region: tuple[int, int, int, int]) -> np.ndarray:
-    """Level-0 (h, w) values of a float channel (prob, consensus, std) or a label image (mask, instances).
+    """Level-0 (h, w) values of a float channel (prob, consensus, std, boundary) or a label image (mask, instances).
 
     Args:
         root: the open output group.

@@ -21,7 +21,7 @@ from .readers import is_zarr_path
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("mask", "prob", "consensus", "std", "labels", "instances", "objects")
+OUTPUTS = ("mask", "prob", "consensus", "std", "boundary", "labels", "instances", "objects")  # boundary: --boundaries models
 INSTANCE_OUTPUTS = ("instances", "objects")  # `probda segment --instances`: NAME_instances.tif + NAME_objects.csv
 DEFAULT_OUTPUTS = ("mask", "prob", "consensus", "std")
 FORMATS = ("auto", "tif", "ome-zarr")

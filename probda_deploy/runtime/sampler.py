@@ -76,6 +76,7 @@ class Sampler:
         prior_radius = (m.get("receptive_field") or {}).get("prior_radius")
         # the prior pass only needs its trunk's context (52 px for punet-small against the UNet's 87)
         self.prior_halo = self.default_halo if prior_radius is None else round_up(int(prior_radius), self.multiple)
+        self.maps = tuple(m.get("maps", MAPS))  # + "boundary" for models trained with --boundaries
         self.consensus_cfg = m["consensus"]
         self.normalization = m["normalization"]
         self.prior_stride = int(m.get("prior_stride") or self.multiple)
@@ -292,21 +293,22 @@ class OnnxSampler(Sampler):
         """Decoder over row chunks of (1, C, h, w) features with latents z (K, 1, L).
 
         Returns:
-            {"prob", "consensus", "std"}: (h, w) float32 (+ "samples" (K, h, w) when asked).
+            {"prob", "consensus", "std"} (+ "boundary" for boundary models): (h, w) float32
+            (+ "samples" (K, h, w) when asked).
         """
         _, c, h, w = features.shape
-        names = list(MAPS) + (["probs"] if samples else [])
-        out = {n: np.empty((h, w), np.float32) for n in MAPS}
+        names = list(self.maps) + (["probs"] if samples else [])
+        out = {n: np.empty((h, w), np.float32) for n in self.maps}
         if samples:
             out["samples"] = np.empty((z.shape[0], h, w), np.float32)
         rows = max(1, CHUNK_BYTES // max(1, 4 * z.shape[0] * c * w))
         for r in range(0, h, rows):
             chunk = np.ascontiguousarray(features[:, :, r : r + rows])
             res = self._sessions["decoder"].run(names, {"features": chunk, "z": z})
-            for name, arr in zip(MAPS, res):
+            for name, arr in zip(self.maps, res):
                 out[name][r : r + chunk.shape[2]] = arr[0, 0]
             if samples:
-                out["samples"][:, r : r + chunk.shape[2]] = res[3][:, 0, 0]
+                out["samples"][:, r : r + chunk.shape[2]] = res[-1][:, 0, 0]
         return out
 
     def predict_tile(self, window: np.ndarray, tile: Tile, z: np.ndarray | None, shape: tuple[int, int], *,
@@ -328,9 +330,11 @@ class OnnxSampler(Sampler):
         wy, wx = tile.window[0], tile.window[2]
         core = (slice(None), slice(None), slice(y0 - wy, min(y1, h) - wy), slice(x0 - wx, min(x1, w) - wx))
         if self.kind == "unet":
-            prob = self._sessions["model"].run(["prob"], {"image": window})[0][core]
+            extra = [n for n in self.maps if n not in MAPS]
+            prob, *more = (a[core] for a in self._sessions["model"].run(["prob", *extra], {"image": window}))
             c = self.consensus_cfg
             maps = reduce_samples(prob[:, 0], rule=c["rule"], high=c["threshold_high"], low=c["threshold_low"])
+            maps.update({n: a[0, 0] for n, a in zip(extra, more)})
             return {k: v.astype(np.float32, copy=False) for k, v in maps.items()}
         return self.decode(self.encode(window)[core], np.asarray(z, dtype=np.float32), samples=samples)
 

@@ -45,11 +45,11 @@ class MemorySink:
 
     def __init__(self, shape: tuple[int, ...], *, samples: int = 0):
         self.shape = tuple(int(s) for s in shape)
-        full = self.shape if len(self.shape) == 3 else (1, *self.shape)
-        self.maps = {n: np.zeros(full, np.float32) for n in FLOAT_MAPS}
+        self.full = self.shape if len(self.shape) == 3 else (1, *self.shape)
+        self.maps = {n: np.zeros(self.full, np.float32) for n in FLOAT_MAPS}  # + the model's other maps (boundary)
         self.samples = int(samples)
         if self.samples:
-            self.maps["samples"] = np.zeros((self.samples, *full[1:]), np.float32)
+            self.maps["samples"] = np.zeros((self.samples, *self.full[1:]), np.float32)
 
     def resume_state(self):
         return None
@@ -64,6 +64,8 @@ class MemorySink:
         y0, x0 = tile.core[0], tile.core[2]
         h, w = maps["prob"].shape
         for name, arr in maps.items():
+            if name not in self.maps:
+                self.maps[name] = np.zeros(self.full, np.float32)
             if name == "samples":
                 self.maps[name][:, y0 : y0 + h, x0 : x0 + w] = arr
             else:
@@ -115,7 +117,7 @@ class TiffSink(MemorySink):
         if "labels" in self.targets:
             maps["labels"] = label_components(maps["mask"])
         if "instances" in self.targets or "objects" in self.targets:
-            maps["instances"] = label_instances(maps["prob"], InstanceConfig(threshold=self.threshold))
+            maps["instances"] = label_instances(maps["prob"], InstanceConfig(threshold=self.threshold), maps.get("boundary"))
         keep = set(self.targets) | ({"instances"} if "objects" in self.targets else set())
         return {k: (v if len(self.shape) == 3 else v[0]) for k, v in maps.items() if k in keep}
 
@@ -127,11 +129,11 @@ class TiffSink(MemorySink):
                 for row in object_table(instances[z], {k: self.maps[k][z] for k in FLOAT_MAPS})]
 
 
-def label_instances(prob: np.ndarray, cfg: InstanceConfig) -> np.ndarray:
-    """Seeded-watershed instances of each slice of (Z, H, W) prob; ids unique over the stack."""
+def label_instances(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None = None) -> np.ndarray:
+    """Seeded-watershed instances of each slice of (Z, H, W) prob (cut at the boundary map, if any); ids unique over the stack."""
     out, offset = [], 0
-    for p in prob:
-        lab = separate_instances(p, cfg).astype(np.uint32)
+    for z, p in enumerate(prob):
+        lab = separate_instances(p, cfg, None if boundary is None else boundary[z]).astype(np.uint32)
         out.append(np.where(lab > 0, lab + offset, 0))
         offset += int(lab.max())
     return np.stack(out).astype(np.uint16 if offset < 2**16 - 1 else np.uint32)

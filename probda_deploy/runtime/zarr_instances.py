@@ -80,7 +80,7 @@ def _name(key: tuple[int | None, int]) -> str:
 
 
 def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> tuple[int, dict]:
-    """Label one block from its prob window; write its core's ids (1..n) at level 0.
+    """Label one block from its prob window (and boundary window); write its core's ids (1..n) at level 0.
 
     Returns:
         (n, {side: (ids on the core's outermost row/column, ids just beyond it)}) for each side
@@ -89,7 +89,8 @@ def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | 
     import zarr
 
     root = zarr.open_group(str(path), mode="r+")
-    window = separate_instances(oz.read_region(root, layout, "prob", z=z, region=tile.window), cfg)
+    boundary = oz.read_region(root, layout, "boundary", z=z, region=tile.window) if "boundary" in layout.channels else None
+    window = separate_instances(oz.read_region(root, layout, "prob", z=z, region=tile.window), cfg, boundary)
     ys, xs = tile.core_in_window()
     ids = np.unique(window[ys, xs])
     ids = ids[ids > 0]

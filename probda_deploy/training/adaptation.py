@@ -216,7 +216,7 @@ class SelfTrainingStrategy:
         loss, terms = supervised_loss(self.model, batch["x_student"], y, w, reconstruction=self.cfg.reconstruction)
         logs = {"target_loss": float(loss.detach()), **{f"target_{k}": v for k, v in terms.items()},
                 "kept": float((w > 0).float().mean()), "consensus": float(c.mean()),
-                "pseudo_foreground": float((y >= 0.5).float().mean())}
+                "pseudo_foreground": float((y[:, :1] >= 0.5).float().mean())}
         if self.cfg.joint:
             src_loss, src_terms = supervised_loss(self.model, batch["x_source"], batch["y_source"],
                                                   reconstruction=self.cfg.reconstruction)
@@ -225,11 +225,14 @@ class SelfTrainingStrategy:
         return loss, logs
 
     def _align(self, y: torch.Tensor) -> torch.Tensor:
-        frac = float((y >= 0.5).float().mean())  # hard counts, as the reference
+        """Aligns the foreground channel (a boundary channel is left as it is)."""
+        fg = y[:, :1]
+        frac = float((fg >= 0.5).float().mean())  # hard counts, as the reference
         if self.source_fraction is None:  # the starting model's own fraction on the target
             self.source_fraction = frac
         self.target_fraction = frac if self.target_fraction is None else 0.99 * self.target_fraction + 0.01 * frac
-        return align_distribution(y, source_fraction=self.source_fraction, target_fraction=self.target_fraction)
+        fg = align_distribution(fg, source_fraction=self.source_fraction, target_fraction=self.target_fraction)
+        return torch.cat([fg, y[:, 1:]], dim=1)
 
     def on_step_end(self, iteration: int) -> None:
         self._iteration = iteration

@@ -30,6 +30,8 @@ class TrainConfig:
     min_foreground: float = 0.0
     # "image": patches standardised with their image's statistics, as prediction does; "patch": reference code
     normalization: str = "image"
+    # a second output channel: object boundaries from instance labels (instances split at the predicted boundaries)
+    boundaries: bool = False
     seed: int = 0
 
 

@@ -84,7 +84,7 @@ def snapshot(model: torch.nn.Module, x: np.ndarray, *, k: int = 8, batch_size: i
     """Statistics of `model` on (N, 1, H, W) standardised patches with K prior samples."""
     probs, certain, div, cons = [], [], [], []
     for i in range(0, len(x), batch_size):
-        s = sample_probabilities(model, torch.from_numpy(x[i : i + batch_size]).to(device), k=k).float()
+        s = sample_probabilities(model, torch.from_numpy(x[i : i + batch_size]).to(device), k=k)[:, :, :1].float()  # foreground
         mean = s.mean(0)
         c = consensus_response(s, rule="agree", upper=upper, lower=lower, mean=mean)
         probs.append(mean.cpu().numpy())

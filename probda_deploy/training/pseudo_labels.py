@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..models.consensus import CONSENSUS_RULES, FILTERS, consensus_response, filter_weights
-from ..models.predict import predict_maps
+from ..models.predict import image_samples
 
 
 @dataclass(frozen=True)
@@ -58,17 +58,23 @@ def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, cfg: PseudoLabelCon
 
 def source_maps(model: torch.nn.Module, images: list[np.ndarray], cfg: PseudoLabelConfig, *, seed: int = 0,
                 device: str | torch.device = "cpu") -> list[np.ndarray]:
-    """A frozen teacher's pseudo-labels for whole images: (2, H, W) float32 each, mean probability and consensus.
+    """A frozen teacher's pseudo-labels for whole images: (2C, H, W) float32 each, the mean probability of
+    each of the model's C outputs, then their consensus.
 
-    A frozen model labelling a geometry-only view gives an image's pixels the same labels at every
-    step, so they are computed once, with the whole image as context (as `probda segment` predicts).
+    A frozen model labelling a geometry-only view with whole-image statistics gives an image's pixels the
+    same labels at every step, so they are computed once, with the whole image as context (as `probda
+    segment` predicts).
     """
     was = model.training
     model.eval()
     try:
-        maps = (predict_maps(model, im, k=cfg.samples, seed=seed, rule=cfg.rule, upper=cfg.upper, lower=cfg.lower,
-                             device=str(device)) for im in images)
-        return [np.stack([m["prob"], m["consensus"]]) for m in maps]
+        out = []
+        for im in images:
+            s = image_samples(model, im, k=cfg.samples, seed=seed, device=str(device)).float()
+            mean = s.mean(0)
+            c = consensus_response(s, rule=cfg.rule, upper=cfg.upper, lower=cfg.lower, mean=mean)
+            out.append(torch.cat([mean, c]).cpu().numpy())
+        return out
     finally:
         model.train(was)
 

@@ -13,10 +13,10 @@ from torch import nn
 
 from ..data.augment import AUGMENT_PRESETS, flip_rotate, robust_intensity
 from ..data.pairs import match_labels
-from ..data.patches import ImageSet, PatchSampler, grid_patches, load_image_set
+from ..data.patches import ImageSet, PatchSampler, foreground, grid_patches, load_image_set
 from ..errors import ConfigError
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
-from ..models.registry import build_model
+from ..models.registry import MODEL_VARIANTS, build_model
 from .config import TrainConfig
 from .loop import FitResult, LoopConfig, fit
 from .losses import supervised_loss
@@ -62,7 +62,7 @@ class SupervisedStrategy:
 
     def validate(self):
         snap = snapshot(self.model, self.val[0], k=self.val_samples, device=self.device)
-        scores = dice_scores(snap.prob, self.val[1])
+        scores = dice_scores(snap.prob, self.val[1][:, :1])  # foreground
         return {"val_metric": 1 - scores["dice_soft"], "val_dice": scores["dice_soft"], "val_dice_hard": scores["dice_hard"],
                 "val_diversity": snap.diversity}
 
@@ -73,11 +73,18 @@ class SupervisedStrategy:
         pass
 
 
+def output_channels(cfg: TrainConfig) -> dict:
+    """Model option for the outputs: foreground, and object boundaries with `cfg.boundaries`."""
+    if not cfg.boundaries:
+        return {}
+    return {"num_classes": 2} if MODEL_VARIANTS.get(cfg.model, ("PUNet",))[0] == "PUNet" else {"out_channels": 2}
+
+
 def prepare_source_data(images: Path, labels: Path | None, cfg: TrainConfig, size_multiple: int) -> tuple[ImageSet, ImageSet]:
     """Read and split labeled data; checks the patch size fits the network."""
     if cfg.patch_size % size_multiple:
         raise ConfigError(f"--patch-size {cfg.patch_size} must be a multiple of {size_multiple} for this model")
-    data = load_image_set(match_labels(images, labels), labeled=True)
+    data = load_image_set(match_labels(images, labels), labeled=True, boundaries=cfg.boundaries)
     return data.split(cfg.val_fraction, np.random.default_rng(cfg.seed))
 
 
@@ -96,7 +103,7 @@ def train_source(images: Path, labels: Path | None, *, run_dir: Path, config: Tr
         model = model_from_checkpoint(ckpt, teacher=False).train()
     else:
         torch.manual_seed(cfg.seed)  # reproducible initial weights
-        model = build_model(cfg.model, **(model_options or {}))
+        model = build_model(cfg.model, **{**(model_options or {}), **output_channels(cfg)})
     train, val = prepare_source_data(images, labels, cfg, model.config.size_multiple)
     log.info("source training: %d train / %d val images", len(train), len(val))
     sampler = PatchSampler(train, cfg.patch_size, min_foreground=cfg.min_foreground, normalization=cfg.normalization)
@@ -105,7 +112,7 @@ def train_source(images: Path, labels: Path | None, *, run_dir: Path, config: Tr
                                   augment=cfg.augment, reconstruction=cfg.reconstruction, val_samples=cfg.val_samples)
     loop = LoopConfig(iterations=cfg.iterations, lr=cfg.lr, val_every=cfg.val_every, seed=cfg.seed)
     extra = {"train_config": asdict(cfg),
-             "data_stats": {"foreground_fraction": float(np.mean([lab.mean() for lab in train.labels]))},
+             "data_stats": {"foreground_fraction": float(np.mean([foreground(lab).mean() for lab in train.labels]))},
              "provenance": {**(provenance or {}), "images": str(images), "labels": str(labels),
                             "train_images": train.names, "val_images": val.names}}
     return fit(strategy, loop, run_dir=run_dir, device=device, resume=resume, extra=extra, on_progress=on_progress)

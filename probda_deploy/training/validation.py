@@ -11,11 +11,11 @@ from ..models.predict import sample_probabilities
 @torch.no_grad()
 def mean_prediction(model: torch.nn.Module, x: np.ndarray, *, k: int = 8, batch_size: int = 4,
                     device: torch.device | str = "cpu") -> np.ndarray:
-    """Mean of K sigmoid samples for (N, 1, H, W) standardised patches -> (N, 1, H, W)."""
+    """Mean foreground of K sigmoid samples for (N, 1, H, W) standardised patches -> (N, 1, H, W)."""
     out = []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(x[i : i + batch_size]).to(device)
-        out.append(sample_probabilities(model, xb, k=k).mean(0).float().cpu().numpy())
+        out.append(sample_probabilities(model, xb, k=k)[:, :, :1].mean(0).float().cpu().numpy())  # foreground
     return np.concatenate(out)
 
 

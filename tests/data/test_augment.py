@@ -63,3 +63,16 @@ def test_shading_is_a_planar_multiplicative_ramp_above_the_minimum(rng):
     # a multiplicative field survives re-standardisation, unlike an affine contrast change
     batch = rng.normal(size=(8, 1, 32, 32)).astype(np.float32)
     assert not np.allclose(VIEWS["noise-shading"](np.random.default_rng(2), batch), VIEWS["noise"](np.random.default_rng(2), batch))
+
+
+def test_background_adds_a_smooth_nonnegative_field_of_bounded_amplitude(rng):
+    from probda_deploy.data.augment import _background
+
+    x = rng.normal(size=(1, 128, 160)).astype(np.float32)
+    assert np.allclose(_background(rng, x, 0.0, 32), x)
+    field = (_background(np.random.default_rng(4), x, 2.0, 32) - x)[0]
+    assert field.min() >= -1e-5 and np.isclose(field.max(), 2.0 * x.std(), rtol=1e-4)
+    assert np.ptp(field) > 1.0  # it varies over the patch (not a constant offset)...
+    # ...slowly: neighbouring pixels differ by a small fraction of the field's range (no new edges)
+    assert np.abs(np.diff(field, axis=1)).max() < 0.15 * np.ptp(field)
+    assert np.abs(np.diff(field, axis=0)).max() < 0.15 * np.ptp(field)

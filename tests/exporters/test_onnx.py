@@ -138,9 +138,9 @@ def test_export_refuses_existing_folder_and_bad_options(tmp_path, punet_ckpt):
         export_onnx(punet_ckpt, tmp_path / "n.probda", consensus_rule="vote")
     with pytest.raises(ExportError, match="need 0 <= low < 0.5 < high"):
         export_onnx(punet_ckpt, tmp_path / "n.probda", thresholds=(0.4, 0.1))
-    two_class = build_model("punet-small", initial_features=8, depth=3, num_classes=2)
-    with pytest.raises(ExportError, match="one foreground class"):
-        export_onnx(two_class, tmp_path / "n.probda")
+    three_class = build_model("punet-small", initial_features=8, depth=3, num_classes=3)  # 2 = foreground + boundary
+    with pytest.raises(ExportError, match="3 class.*a foreground output \\(and a boundary output\\)"):
+        export_onnx(three_class, tmp_path / "n.probda")
     assert not (tmp_path / "n.probda").exists()
 
 

@@ -17,18 +17,21 @@ from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint
 SIZE = 64
 
 
-def fitted_tiny_punet(seed: int = 0):
+def fitted_tiny_punet(seed: int = 0, *, boundaries: bool = False):
     """punet-small (8 features, depth 3) whose last fcomb layer is fitted in closed form to one synthetic image.
 
-    A ridge regression of logit targets (+-6 for fore-/background) on the fcomb
-    features at z = mu: a model with confident, image-dependent foreground in
-    well under a second (a few Adam steps take ~1 min on 2 shared cores).
+    A ridge regression of logit targets (+-6 for fore-/background; with `boundaries` also for the
+    object boundaries of `probda train --boundaries`) on the fcomb features at z = mu: a model with
+    confident, image-dependent outputs in well under a second (a few Adam steps take ~1 min on 2 shared cores).
     """
+    from probda_deploy.data.patches import boundary_targets
+
     torch.manual_seed(seed)
     image, labels = make_nuclei(np.random.default_rng(seed), (SIZE, SIZE))
-    model = build_model("punet-small", initial_features=8, depth=3).eval()
+    model = build_model("punet-small", initial_features=8, depth=3, num_classes=2 if boundaries else 1).eval()
     x = torch.from_numpy(standardize(image.astype(np.float32)))[None, None]
-    target = torch.from_numpy(np.where(labels > 0, 6.0, -6.0).astype(np.float32)).flatten()
+    goal = boundary_targets(labels) if boundaries else (labels > 0)[None]
+    target = torch.from_numpy(np.where(goal > 0, 6.0, -6.0).astype(np.float32)).flatten(1).T  # (HW, classes)
     with torch.no_grad():
         feats = model.features(x)
         mu, _ = model.prior_params(x)
@@ -36,8 +39,8 @@ def fitted_tiny_punet(seed: int = 0):
         h = model.fcomb.layers(torch.cat([feats, zmap], dim=1))[0].flatten(1).T  # (HW, C)
         a = torch.cat([h, torch.ones(h.shape[0], 1)], dim=1)
         sol = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1]), a.T @ target)
-        model.fcomb.last_layer.weight.copy_(sol[:-1].reshape(1, -1, 1, 1))
-        model.fcomb.last_layer.bias.copy_(sol[-1:])
+        model.fcomb.last_layer.weight.copy_(sol[:-1].T.reshape(goal.shape[0], -1, 1, 1))
+        model.fcomb.last_layer.bias.copy_(sol[-1])
     return model, image
 
 

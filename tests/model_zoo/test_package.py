@@ -152,3 +152,29 @@ def test_zoo_mean_equals_runtime_sampler(zoo_package, tiny_checkpoint, tmp_path)
     got = sampler.predict(image, eps=eps, tile=None)
     np.testing.assert_allclose(got["prob"], np.load(root / "test_output_prob.npy")[0, 0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(got["std"], np.load(root / "test_output_std.npy")[0, 0], atol=1e-4, rtol=0)
+
+
+def test_a_boundary_model_packages_foreground_and_boundary_channels(test_image, tmp_path):
+    from probda_deploy.model_zoo.package import export_bioimageio
+    from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint
+
+    from .conftest import fitted_tiny_punet
+
+    model, _ = fitted_tiny_punet(boundaries=True)
+    ckpt = save_checkpoint(make_checkpoint(model, provenance={"torch_version": str(torch.__version__)}), tmp_path / "b.pt")
+    report = export_bioimageio(ckpt, tmp_path / "out" / "b.zip", name="probda tiny boundary PUNet",
+                               authors=["Test Author;probda tests"], test_image=test_image, samples=4, seed=3)
+    assert report.summary.passed  # bioimageio.core ran both weights formats on the package
+    rdf, root = _rdf(report, tmp_path)
+    for out in rdf["outputs"]:
+        assert [c for c in out["axes"][1]["channel_names"]] == ["foreground", "boundary"]
+    prob = np.load(root / "test_output_prob.npy")
+    assert prob.shape[:2] == (1, 2)
+    from probda_deploy.model_zoo.graph import reference_outputs
+
+    eps = torch.tensor(rdf["config"]["probda"]["sampling"]["eps"], dtype=torch.float32)
+    x = torch.from_numpy(standardize(read_image(test_image), eps=1e-7))[None, None]
+    with torch.no_grad():
+        ref = reference_outputs(model, x, eps)[0].numpy()  # (2, H, W): mean foreground and boundary of the samples
+    np.testing.assert_allclose(prob[0], ref, atol=1e-4)
+    assert np.abs(prob[0, 1] - prob[0, 0]).max() > 0.1  # a channel of its own, not a copy of the foreground

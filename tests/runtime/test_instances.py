@@ -81,3 +81,18 @@ def test_object_table_matches_a_hand_computation(tmp_path):
     assert read[1] == {"id": "2", "centroid_y": "2.0000", "centroid_x": "4.0000", "area": "3", "mean_prob": "0.1000",
                        "mean_consensus": "0.2500", "mean_std": "0.3000", "uncertain": "1"}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_boundary_map_splits_objects_the_mask_fills_between():
+    # two squares side by side: one rectangle in the mask, no neck for the distance transform to find
+    shape = (40, 80)
+    mask = np.zeros(shape, bool)
+    mask[8:32, 10:70] = True
+    assert separate_instances(_soft(mask)).max() == 1
+    boundary = np.zeros(shape, np.float32)
+    boundary[8:32, 39:41] = 0.8  # the predicted contact line (2 px, as find_boundaries thick draws it)
+    labels = separate_instances(_soft(mask), boundary=boundary)
+    assert labels.max() == 2 and labels[20, 20] != labels[20, 60]
+    assert (labels > 0).sum() == mask.sum()  # the boundary pixels still belong to an object
+    weak = np.where(boundary > 0, 0.3, 0.0).astype(np.float32)  # below 0.5: not a boundary
+    assert separate_instances(_soft(mask), boundary=weak).max() == 1
