@@ -78,7 +78,7 @@ def adapt(
     distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
     loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
     teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
-    student_view: Annotated[Optional[View], typer.Option("--student-view", help="[default: noise-shading for mean-teacher, strong-intensity for fixmatch; reference: weak / strong].")] = None,
+    student_view: Annotated[Optional[View], typer.Option("--student-view", help="[default: noise-background for mean-teacher, strong-intensity for fixmatch; reference: weak / strong].")] = None,
     normalization: Annotated[Scope, typer.Option("--normalization", help="image (whole-image statistics, as prediction) | patch (reference code).")] = Scope.image,
     target_labels: Annotated[Optional[Path], typer.Option("--target-labels", help="Target labels: also log true dice on held-out target images.")] = None,
     select_on: Annotated[SelectOn, typer.Option("--select-on", help="best.pt = the latest healthy checkpoint (last), the best teacher-student agreement (pseudo) or, with --target-labels, true dice (labels).")] = SelectOn.last,

@@ -84,9 +84,10 @@ class AdaptConfig:
     @property
     def views(self) -> tuple[str, str]:
         """(teacher, student) view names. Defaults: geometry only for the teacher (blur dilates the
-        source model's masks); for the mean-teacher student noise and an illumination ramp (it learns the
-        confident labels under uneven light); strong intensity for FixMatch."""
-        student = "noise-shading" if self.strategy == "mean-teacher" else "strong-intensity"
+        source model's masks); for the mean-teacher student noise, an illumination ramp and an additive
+        smooth background (it learns the confident labels under uneven light and out-of-focus haze);
+        strong intensity for FixMatch."""
+        student = "noise-background" if self.strategy == "mean-teacher" else "strong-intensity"
         return self.teacher_view or "none", self.student_view or student
 
     @property
