@@ -29,7 +29,7 @@ from .data.pairs import match_labels
 from .errors import ConfigError, LabelMatchError, ProbdaError
 from .files import write_text_atomic
 from .metrics import CalibrationBins, image_metrics, object_metrics
-from .runtime.instances import LEAST_CERTAIN, InstanceConfig, least_certain, object_table, separate_instances
+from .runtime.instances import LEAST_CERTAIN, InstanceConfig, instance_config, least_certain, object_table, separate_instances
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class EvalReport:
     samples: int
     seed: int
     threshold: float
+    seed_height: float = 1.0
+    min_size: int = 15
     rows: list[ImageRow] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     maps: dict[str, ImageMaps] = field(default_factory=dict)
@@ -123,6 +125,8 @@ class EvalReport:
             "samples": self.samples,
             "seed": self.seed,
             "threshold": self.threshold,
+            "seed_height": self.seed_height,
+            "min_size": self.min_size,
             "device": self.device,
             "provider": self.provider,
             "seconds": round(self.seconds, 3),
@@ -143,6 +147,8 @@ def evaluate_model(
     seed: int = 0,
     device: str = "auto",
     threshold: float = 0.5,
+    seed_height: float = 1.0,
+    min_size: int = 15,
     keep: int = 6,
     keep_names: Iterable[str] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -159,6 +165,8 @@ def evaluate_model(
         seed: seed of the latent draws.
         device: auto, cpu or cuda.
         threshold: on the mean probability for the hard mask.
+        seed_height, min_size: instance separation of the predictions (`InstanceConfig`), scored
+            against instance labels.
         keep: keep the panel maps of this many images (worst half, best half by hard dice;
             the first ones without labels).
         keep_names: also keep the maps of these image names (e.g. another report's kept ones).
@@ -175,10 +183,12 @@ def evaluate_model(
         raise ConfigError(f"--samples {samples}: need at least 1 sample")
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
+    cfg = instance_config(threshold, seed_height, min_size)
     t0 = time.perf_counter()
     pairs, failed = _pairs(images, labels)
     predict, info = load_predictor(model, samples=samples, seed=seed, device=device)
-    report = EvalReport(samples=samples if info["kind"] != "unet" else 1, seed=seed, threshold=threshold, **info)
+    report = EvalReport(samples=samples if info["kind"] != "unet" else 1, seed=seed, threshold=threshold,
+                        seed_height=seed_height, min_size=min_size, **info)
     report.failed.extend(failed)
     for f, e in failed:
         on_image and on_image(Path(f).name, None, e)
@@ -186,7 +196,7 @@ def evaluate_model(
     pinned = set(keep_names or ())
     for img_path, lab_path in pairs:
         try:
-            row, maps, objects = _evaluate_one(predict, img_path, lab_path, threshold, report.calibration)
+            row, maps, objects = _evaluate_one(predict, img_path, lab_path, cfg, report.calibration)
         except ProbdaError as e:
             report.failed.append((str(img_path), str(e)))
             on_image and on_image(img_path.name, None, str(e))
@@ -217,8 +227,9 @@ def _pairs(images, labels) -> tuple[list[tuple[Path, Path | None]], list[tuple[s
     return pairs, failed
 
 
-def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, threshold: float,
+def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, cfg: InstanceConfig,
                   calib: CalibrationBins) -> tuple[ImageRow, ImageMaps, list[dict]]:
+    threshold = cfg.threshold
     image = read_image(img_path)
     ids = None if lab_path is None else read_label(lab_path, shape=image.shape, image_path=img_path, binary=False)
     label = None if ids is None else (ids != 0).astype(np.float32)
@@ -227,7 +238,6 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, thr
     maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32)
             for key in ("prob", "consensus", "std", "boundary") if key in maps}
     fg_pred = float((maps["prob"] >= threshold).mean())
-    cfg = InstanceConfig(threshold=threshold)
     boundary = maps.get("boundary")  # boundary models: instances split at the predicted boundaries, as `segment` does
     instances = [separate_instances(p, cfg, None if boundary is None else boundary[z]) for z, p in enumerate(maps["prob"])]
     objects = ({"image": img_path.name, **({"z": z} if image.ndim == 3 else {}), **r}

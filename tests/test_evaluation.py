@@ -191,3 +191,26 @@ def test_least_certain_objects_in_summary_and_report(tmp_path):
     html = write_report(report, tmp_path / "report").read_text()
     table = html[html.index("<table id='objects'>"):]
     assert table.index("<td>46.0</td><td>30.0</td>") < table.index("</table>") and "uncertain" in table
+
+
+def test_seed_height_and_min_size_reach_the_instances_scored(tmp_path):
+    import tifffile
+
+    from probda_deploy.errors import ConfigError
+
+    yy, xx = np.mgrid[:64, :80]
+    ids = np.zeros((64, 80), np.uint16)
+    ids[(yy - 32) ** 2 + (xx - 25) ** 2 <= 144] = 1
+    ids[((yy - 32) ** 2 + (xx - 47) ** 2 <= 144) & (ids == 0)] = 2  # two touching discs
+    (tmp_path / "img").mkdir()
+    (tmp_path / "inst").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "a.tif", (ids > 0).astype(np.float32) * 100 + 10)
+    tifffile.imwrite(tmp_path / "inst" / "a.tif", ids)
+    split = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu")
+    merged = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu", seed_height=20.0)
+    dropped = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu", min_size=1000)
+    assert split.rows[0].object_f1_50 == 1.0 and split.summary["seed_height"] == 1.0
+    assert merged.rows[0].object_f1_50 < 1.0 and merged.summary["seed_height"] == 20.0  # one seed for both discs
+    assert dropped.rows[0].object_f1_50 == 0.0 and dropped.summary["min_size"] == 1000
+    with pytest.raises(ConfigError, match="--seed-height"):
+        evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu", seed_height=0.0)

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from ..errors import ConfigError, ProbdaError
 from . import ome_zarr as oz
 from .executors import LocalExecutor, open_executor
-from .instances import InstanceConfig, ObjectSummary
+from .instances import InstanceConfig, ObjectSummary, instance_config
 from .outputs import (DEFAULT_OUTPUTS, FORMATS, INSTANCE_OUTPUTS, check_outputs, choose_format, output_paths, parse_outputs,
                       remove_stale_temps, tiff_outputs)
 from .predict import predict_image
@@ -116,21 +116,28 @@ class SegmentOptions:
     ngff: str = "0.4"
     preview: bool = False
     maps: tuple[str, ...] = ("prob", "consensus", "std")  # what the model predicts (+ boundary)
+    instances: InstanceConfig = InstanceConfig()  # seeded watershed of the instance outputs (threshold = `threshold`)
 
     def numbers(self) -> dict:
         """The options that define an OME-Zarr output's numbers (stored in it, checked on --resume)."""
         instances = bool(set(INSTANCE_OUTPUTS) & set(self.outputs))  # the instance pass reads every channel
         channels = [n for n in oz.ALL_CHANNELS if n in self.outputs or (instances and n in self.maps)]
-        return {"samples": self.samples, "seed": self.seed, "tile": self.tile, "halo": self.halo, "normalize": self.normalize,
-                "threshold": self.threshold, "channels": channels,
-                "mask": "mask" in self.outputs, "instances": instances, "ngff": self.ngff}
+        numbers = {"samples": self.samples, "seed": self.seed, "tile": self.tile, "halo": self.halo, "normalize": self.normalize,
+                   "threshold": self.threshold, "channels": channels,
+                   "mask": "mask" in self.outputs, "instances": instances, "ngff": self.ngff}
+        if instances and (self.instances.seed_height, self.instances.min_size) != (InstanceConfig.seed_height, InstanceConfig.min_size):
+            numbers.update(seed_height=self.instances.seed_height, min_size=self.instances.min_size)
+        return numbers
 
 
 def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int | None = None,
                     outputs: str | Sequence[str] = DEFAULT_OUTPUTS, threshold: float | None = None, seed: int = 0,
                     tile: int | None | str = "auto", halo: int | None = None, normalize: str = "image", fmt: str = "auto",
-                    resume: bool = False, overwrite: bool = False, ngff: str = "0.4", preview: bool = False) -> SegmentOptions:
+                    resume: bool = False, overwrite: bool = False, ngff: str = "0.4", preview: bool = False,
+                    seed_height: float = InstanceConfig.seed_height, min_size: int = InstanceConfig.min_size) -> SegmentOptions:
     """Check the user's options and fill the model's defaults (K, threshold and halo from the manifest).
+
+    `seed_height` and `min_size` set the instance separation (`InstanceConfig`) of the instance outputs.
 
     Raises:
         ConfigError: unknown outputs, format or normalisation, negative sizes, K < 1,
@@ -153,10 +160,12 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
     if "boundary" in outputs and "boundary" not in sampler.maps:
         raise ConfigError(f"--outputs boundary: {sampler.folder} has no boundary output; train the model with `probda train --boundaries`")
     threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
+    instances = instance_config(threshold, seed_height, min_size)
     return SegmentOptions(
         model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,
         threshold=threshold, seed=seed, tile=tile, halo=sampler.default_halo if halo is None else halo,
-        normalize=normalize, fmt=fmt, resume=resume, overwrite=overwrite, ngff=ngff, preview=preview, maps=sampler.maps)
+        normalize=normalize, fmt=fmt, resume=resume, overwrite=overwrite, ngff=ngff, preview=preview, maps=sampler.maps,
+        instances=instances)
 
 
 def segment_file(path: Path, options: SegmentOptions, fmt: str, executor=None, *,
@@ -313,7 +322,8 @@ def segment(model: str | Path | OnnxSampler, inputs: str | Path | Sequence[str |
 
 def _sink(path: Path, shape: tuple[int, ...], fmt: str, options: SegmentOptions, sampler: OnnxSampler):
     if fmt == "tif":
-        return TiffSink(shape, targets=tiff_outputs(options.out_dir, path, options.outputs), threshold=options.threshold)
+        return TiffSink(shape, targets=tiff_outputs(options.out_dir, path, options.outputs), threshold=options.threshold,
+                        instances=options.instances)
     tiles = sampler.plan(shape[-2:], tile=options.tile, halo=options.halo)
     y0, y1, x0, x1 = tiles[0].core
     chunk = max(y1 - y0, x1 - x0) if len(tiles) == 1 else y1 - y0
@@ -328,4 +338,4 @@ def _sink(path: Path, shape: tuple[int, ...], fmt: str, options: SegmentOptions,
             step += 1
     final, *table = output_paths(path, fmt, options)
     return ZarrSink(final, layout, options.threshold, identity, resume=options.resume,
-                    preview_step=step, instances=InstanceConfig(threshold=options.threshold), objects=table[0] if table else None)
+                    preview_step=step, instances=options.instances, objects=table[0] if table else None)

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from scipy import ndimage
 
+from ..errors import ConfigError
 from ..files import atomic_path
 
 OBJECT_COLUMNS = ("id", "centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain")
@@ -49,6 +50,21 @@ class InstanceConfig:
             raise ValueError(f"instance threshold must be in (0, 1), got {self.threshold}")
         if self.seed_height <= 0 or self.sigma < 0 or self.min_size < 0 or self.block_halo < 1:
             raise ValueError("seed height and block halo must be > 0, sigma and min size >= 0")
+
+
+def instance_config(threshold: float = 0.5, seed_height: float = 1.0, min_size: int = 15) -> InstanceConfig:
+    """The InstanceConfig of a user's options (`--threshold`, `--seed-height`, `--min-size`).
+
+    Raises:
+        ConfigError: a value out of range, named by its option.
+    """
+    if seed_height <= 0:
+        raise ConfigError(f"--seed-height {seed_height}: must be > 0 (smaller splits touching objects more)")
+    if min_size < 0:
+        raise ConfigError(f"--min-size {min_size}: must be >= 0 px")
+    if not 0 < threshold < 1:
+        raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
+    return InstanceConfig(threshold=float(threshold), seed_height=float(seed_height), min_size=int(min_size))
 
 
 def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),

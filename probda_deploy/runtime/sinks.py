@@ -91,11 +91,14 @@ class TiffSink(MemorySink):
         shape: (H, W) or (Z, H, W).
         targets: {output name: path} with names from mask, prob, consensus, std, labels.
         threshold: mask = prob >= threshold.
+        instances: the seeded watershed of `instances`/`objects` (default: InstanceConfig at `threshold`).
     """
 
-    def __init__(self, shape: tuple[int, ...], *, targets: dict[str, Path], threshold: float):
+    def __init__(self, shape: tuple[int, ...], *, targets: dict[str, Path], threshold: float,
+                 instances: InstanceConfig | None = None):
         super().__init__(shape)
         self.targets, self.threshold = dict(targets), float(threshold)
+        self.instances = instances or InstanceConfig(threshold=self.threshold)
         self.object_summary: ObjectSummary | None = None  # with "objects", once finished
 
     def finish(self, executor=None) -> tuple[Path, ...]:
@@ -117,7 +120,7 @@ class TiffSink(MemorySink):
         if "labels" in self.targets:
             maps["labels"] = label_components(maps["mask"])
         if "instances" in self.targets or "objects" in self.targets:
-            maps["instances"] = label_instances(maps["prob"], InstanceConfig(threshold=self.threshold), maps.get("boundary"))
+            maps["instances"] = label_instances(maps["prob"], self.instances, maps.get("boundary"))
         keep = set(self.targets) | ({"instances"} if "objects" in self.targets else set())
         return {k: (v if len(self.shape) == 3 else v[0]) for k, v in maps.items() if k in keep}
 

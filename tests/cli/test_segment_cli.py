@@ -129,6 +129,33 @@ def test_segment_instances_writes_ids_and_the_object_table(shared, images, tmp_p
     _check_least_certain(res.output, out)
 
 
+def test_segment_instance_options(shared, images, tmp_path):
+    """--seed-height and --min-size reach the watershed of the TIFF and the OME-Zarr outputs."""
+    import zarr
+
+    from probda_deploy.runtime.instances import InstanceConfig, separate_instances
+
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(out), "-k", "3", "--instances",
+                              "--seed-height", "0.2", "--min-size", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    for name in ("a", "b"):
+        prob = tifffile.imread(out / f"{name}_prob.tif")
+        np.testing.assert_array_equal(tifffile.imread(out / f"{name}_instances.tif"),
+                                      separate_instances(prob, InstanceConfig(threshold=0.5, seed_height=0.2, min_size=3)))
+    for fmt in ("tif", "ome-zarr"):  # objects below --min-size vanish: every object of these small images
+        big = tmp_path / f"big-{fmt}"
+        res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(big), "-k", "3", "--instances",
+                                  "--min-size", "5000", "--format", fmt, "--quiet"])
+        assert res.exit_code == 0, res.output
+        inst = (tifffile.imread(big / "a_instances.tif") if fmt == "tif"
+                else zarr.open_group(str(big / "a.ome.zarr"), mode="r")["labels/instances/0"][:])
+        assert inst.max() == 0 and " 0 in 2 image(s), 0 flagged" in res.output
+    res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(tmp_path / "bad"), "--instances",
+                              "--seed-height", "0"])
+    assert res.exit_code != 0 and "--seed-height 0.0: must be > 0" in res.output
+
+
 def _check_least_certain(output: str, out) -> None:
     """The summary lists the 10 objects of the batch with the lowest mean consensus, in order."""
     from probda_deploy.runtime.instances import least_certain, object_table
