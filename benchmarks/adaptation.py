@@ -194,6 +194,7 @@ def main() -> None:
     names = ["Otsu threshold", "UNet source", "PUNet source", *rows]
     _print_table(args.shifts, results, pre, names)
     _print_extra(args.shifts, results, names)
+    _print_paired(args.shifts, results, pre)
     verdicts, regrets = checks["verdict"], checks["regret"]
     print(f"- label-free verdict agrees with the sign of the true change (|change| >= 0.02): {sum(verdicts)} of {len(verdicts)} runs")
     if regrets:
@@ -226,6 +227,25 @@ def _print_extra(shifts, results, names) -> None:
             m = {k: np.mean([r[k] for r in results[(s, name)]]) for k in ("soft", "consensus", "f1")}
             cells.append(" / ".join("-" if np.isnan(v) else f"{v:.3f}" for v in m.values()))
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _print_paired(shifts, results, pre) -> None:
+    """Issue 14's comparisons, paired by seed: masking against its source model and against unfiltered self-training."""
+    mask, none, src = "PUNet mean-teacher masking", "PUNet mean-teacher none", "PUNet source"
+    if not all((s, name) in results for s in shifts for name in (mask, none)):
+        return
+    print("\nPaired by seed (mean ± sd of the differences); 'beats' = masking's mean minus unfiltered's mean is larger "
+          "than the seed spread (sd) of either row\n")
+    print("| shift | errors unsure | masking - source (hard dice) | masking - unfiltered: hard dice | beats | soft dice | beats |")
+    print("|---|---|---|---|---|---|---|")
+    for s in shifts:
+        cells = [f"{np.mean([p['err_unsure'] for p in pre[s]]):.2f}",
+                 _fmt([a["dice"] - b["dice"] for a, b in zip(results[(s, mask)], results[(s, src)])])]
+        for key in ("dice", "soft"):
+            a, b = [r[key] for r in results[(s, mask)]], [r[key] for r in results[(s, none)]]
+            spread = max(np.std(a), np.std(b))
+            cells += [_fmt([x - y for x, y in zip(a, b)]), "yes" if np.mean(a) - np.mean(b) > spread else "no"]
+        print(f"| {s} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
