@@ -160,7 +160,8 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
     if "boundary" in outputs and "boundary" not in sampler.maps:
         raise ConfigError(f"--outputs boundary: {sampler.folder} has no boundary output; train the model with `probda train --boundaries`")
     threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
-    instances = instance_config(threshold, seed_height, min_size)
+    instances = (instance_config(threshold, seed_height, min_size) if set(INSTANCE_OUTPUTS) & set(outputs)
+                 else InstanceConfig(threshold=threshold, seed_height=seed_height, min_size=min_size))
     return SegmentOptions(
         model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,
         threshold=threshold, seed=seed, tile=tile, halo=sampler.default_halo if halo is None else halo,
