@@ -147,8 +147,8 @@ def evaluate_model(
     seed: int = 0,
     device: str = "auto",
     threshold: float = 0.5,
-    seed_height: float = 1.0,
-    min_size: int = 15,
+    seed_height: float = InstanceConfig.seed_height,
+    min_size: int = InstanceConfig.min_size,
     keep: int = 6,
     keep_names: Iterable[str] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -181,9 +181,7 @@ def evaluate_model(
     """
     if samples < 1:
         raise ConfigError(f"--samples {samples}: need at least 1 sample")
-    if not 0.0 < threshold < 1.0:
-        raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
-    cfg = instance_config(threshold, seed_height, min_size)
+    cfg = instance_config(threshold, seed_height, min_size)  # also checks the threshold
     t0 = time.perf_counter()
     pairs, failed = _pairs(images, labels)
     predict, info = load_predictor(model, samples=samples, seed=seed, device=device)

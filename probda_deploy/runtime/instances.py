@@ -46,25 +46,30 @@ class InstanceConfig:
     block_halo: int = 64
 
     def check(self) -> None:
+        """Raises ValueError naming the first value out of range (by its command-line option where it has one)."""
         if not 0 < self.threshold < 1:
-            raise ValueError(f"instance threshold must be in (0, 1), got {self.threshold}")
-        if self.seed_height <= 0 or self.sigma < 0 or self.min_size < 0 or self.block_halo < 1:
-            raise ValueError("seed height and block halo must be > 0, sigma and min size >= 0")
+            raise ValueError(f"--threshold {self.threshold}: must be between 0 and 1")
+        if self.seed_height <= 0:
+            raise ValueError(f"--seed-height {self.seed_height}: must be > 0 (smaller splits touching objects more)")
+        if self.min_size < 0:
+            raise ValueError(f"--min-size {self.min_size}: must be >= 0 px")
+        if self.sigma < 0 or self.block_halo < 1:
+            raise ValueError(f"instance sigma {self.sigma} must be >= 0 and block halo {self.block_halo} >= 1")
 
 
-def instance_config(threshold: float = 0.5, seed_height: float = 1.0, min_size: int = 15) -> InstanceConfig:
-    """The InstanceConfig of a user's options (`--threshold`, `--seed-height`, `--min-size`).
+def instance_config(threshold: float = 0.5, seed_height: float = InstanceConfig.seed_height,
+                    min_size: int = InstanceConfig.min_size) -> InstanceConfig:
+    """The checked InstanceConfig of a user's options (`--threshold`, `--seed-height`, `--min-size`).
 
     Raises:
         ConfigError: a value out of range, named by its option.
     """
-    if seed_height <= 0:
-        raise ConfigError(f"--seed-height {seed_height}: must be > 0 (smaller splits touching objects more)")
-    if min_size < 0:
-        raise ConfigError(f"--min-size {min_size}: must be >= 0 px")
-    if not 0 < threshold < 1:
-        raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
-    return InstanceConfig(threshold=float(threshold), seed_height=float(seed_height), min_size=int(min_size))
+    cfg = InstanceConfig(threshold=float(threshold), seed_height=float(seed_height), min_size=int(min_size))
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
 
 
 def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
