@@ -95,8 +95,8 @@ class EvalReport:
     samples: int
     seed: int
     threshold: float
-    seed_height: float = 1.0
-    min_size: int = 15
+    seed_height: float = InstanceConfig.seed_height
+    min_size: int = InstanceConfig.min_size
     rows: list[ImageRow] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     maps: dict[str, ImageMaps] = field(default_factory=dict)

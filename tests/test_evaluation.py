@@ -15,6 +15,7 @@ from probda_deploy.data.normalize import standardize
 from probda_deploy.data.synthetic import write_dataset
 from probda_deploy.errors import CheckpointError, ConfigError
 from probda_deploy.evaluation import ROW_FIELDS, evaluate_model, write_eval
+from probda_deploy.runtime.instances import InstanceConfig
 
 
 class ThresholdNet(torch.nn.Module):
@@ -209,7 +210,7 @@ def test_seed_height_and_min_size_reach_the_instances_scored(tmp_path):
     split = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu")
     merged = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu", seed_height=20.0)
     dropped = evaluate_model(ThresholdNet(), tmp_path / "img", tmp_path / "inst", device="cpu", min_size=1000)
-    assert split.rows[0].object_f1_50 == 1.0 and split.summary["seed_height"] == 1.0
+    assert split.rows[0].object_f1_50 == 1.0 and split.summary["seed_height"] == InstanceConfig.seed_height
     assert merged.rows[0].object_f1_50 < 1.0 and merged.summary["seed_height"] == 20.0  # one seed for both discs
     assert dropped.rows[0].object_f1_50 == 0.0 and dropped.summary["min_size"] == 1000
     with pytest.raises(ConfigError, match="--seed-height"):

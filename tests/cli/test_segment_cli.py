@@ -187,3 +187,14 @@ def test_segment_instances_into_ome_zarr(shared, images, tmp_path):
             tifffile.imwrite(out / f"{name}_{channel}.tif", root["0"][k])
         tifffile.imwrite(out / f"{name}_instances.tif", root["labels/instances/0"][:])
     _check_least_certain(res.output, out)
+
+
+@pytest.mark.parametrize("command", ["segment", "evaluate"])
+def test_instance_option_defaults_are_the_library_defaults(command):
+    """The CLI's --seed-height and --min-size defaults are InstanceConfig's, so CLI and library runs agree."""
+    import typer.main
+
+    from probda_deploy.runtime.instances import InstanceConfig
+
+    params = {p.name: p.default for p in typer.main.get_command(app).commands[command].params}
+    assert (params["seed_height"], params["min_size"]) == (InstanceConfig.seed_height, InstanceConfig.min_size)

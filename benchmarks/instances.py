@@ -1,0 +1,102 @@
+"""Instance separation: object F1@0.5 of `separate_instances` over seed heights and smoothings.
+
+    python benchmarks/instances.py [--heights 1 0.75 0.5 0.3] [--sigmas 0.5 1 1.5 2]
+        [--scaled 0.12:0.04 ...] [--real IMAGES LABELS [MODEL ...]] ...
+
+Columns: masks drawn from instance labels (the seeds alone decide: every error is a
+split or a merge) of synthetic domains (6 images of 256 px each, fixed seed), the same
+masks zoomed x2 (objects twice as large), and with `--real` (repeatable), a labeled image
+or folders of images and labels (paired as `probda evaluate` pairs them) and the masks of
+models predicting them (`.pt` or export folder; 16 samples, seed 0), as `probda segment
+--instances` would make them; a single real image is also zoomed x2.
+Rows: the default (InstanceConfig), fixed (sigma, h) in px, and with `--scaled a:b`
+seeds scaled to the objects (sigma = a x r, h = b x r, r = the median inscribed radius of
+each mask's objects); the mean and the worst column on the right. Record the output in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from probda_deploy.data.synthetic import DOMAINS, make_nuclei
+from probda_deploy.metrics import object_metrics
+from probda_deploy.runtime.instances import InstanceConfig, separate_instances
+
+SYNTHETIC = ("source", "density", "size-shape", "appearance")
+
+
+def typical_radius(mask: np.ndarray, min_size: int = InstanceConfig.min_size) -> float:
+    """Median over connected components (>= min_size px) of their largest inscribed radius (max of the distance transform)."""
+    comps, n = ndimage.label(mask)
+    if n == 0:
+        return 0.0
+    radii = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(mask), comps, np.arange(1, n + 1)))
+    radii = radii[np.bincount(comps.ravel(), minlength=n + 1)[1:] >= min_size]
+    return float(np.median(radii)) if radii.size else 0.0
+
+
+def cases(real: list[list[str]] | None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """{column: [(mask, instance labels), ...]}; `real`: [IMAGES, LABELS, MODEL...] lists (files or folders)."""
+    from probda_deploy.data.io import read_image, read_label
+    from probda_deploy.data.pairs import match_labels
+    from probda_deploy.evaluation import load_predictor
+
+    out = {}
+    for spec in real or []:
+        images, labels, *models = spec
+        pairs = match_labels(images, labels) if Path(images).is_dir() else [(Path(images), Path(labels))]
+        data = [(read_image(i).astype(np.float32), read_label(lab, binary=False), i.name) for i, lab in pairs]
+        generic = {"images", "test", "target", "data"}
+        tag = next((p for p in reversed(Path(images).resolve().parts) if p not in generic), "real") if Path(images).is_dir() else "real"
+        out[f"{tag} labels"[:16]] = [(lab > 0, lab) for _, lab, _ in data]
+        for model in models:
+            predict, _ = load_predictor(model, samples=16, seed=0, device="cpu")
+            name = Path(model).resolve().parent.name if Path(model).is_file() else Path(model).name
+            out[f"{tag[:8]} {name[:7]}"] = [(predict(img, n)["prob"] >= 0.5, lab) for img, lab, n in data]
+    for domain in SYNTHETIC:
+        rng = np.random.default_rng(5)
+        labels = [make_nuclei(rng, (256, 256), style=DOMAINS[domain])[1] for _ in range(6)]
+        out[f"syn {domain}"] = [(lab > 0, lab) for lab in labels]
+    for name in list(out):
+        if name.startswith("syn size") or name.startswith("real"):  # the real image's objects twice as large
+            out[f"{name[:13]} x2"] = [(ndimage.zoom(m, 2, order=0), ndimage.zoom(lab, 2, order=0)) for m, lab in out[name]]
+    return out
+
+
+def scores(data: dict, config) -> list[float]:
+    """Mean object F1@0.5 per column; config(mask) -> InstanceConfig."""
+    return [float(np.mean([object_metrics(separate_instances(m.astype(np.float32), config(m)), lab)["object_f1_50"]
+                           for m, lab in pairs])) for pairs in data.values()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--heights", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.3])
+    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
+    ap.add_argument("--scaled", nargs="*", default=[], metavar="A:B", help="more (sigma, h) per px of radius to try")
+    ap.add_argument("--real", nargs="+", action="append", metavar="PATH",
+                    help="IMAGES LABELS [MODEL ...]: a labeled image or folders of them, and models to predict masks (repeatable)")
+    args = ap.parse_args()
+    if any(len(r) < 2 for r in args.real or []):
+        ap.error("--real needs IMAGES LABELS and optionally models")
+    data = cases(args.real)
+    print("object F1@0.5; scaled a:b = sigma a x r, h b x r (r: median inscribed radius of the mask's objects)")
+    print(f"{'seeds':>16} " + " ".join(f"{c:>16}" for c in data) + f" {'mean':>6} {'worst':>6}")
+
+    def show(name: str, row: list[float]) -> None:
+        print(f"{name:>16} " + " ".join(f"{v:16.3f}" for v in row) + f" {np.mean(row):6.3f} {min(row):6.3f}", flush=True)
+
+    show("default", scores(data, lambda m: InstanceConfig()))
+    for sigma in args.sigmas:
+        for h in args.heights:
+            show(f"sigma {sigma:g} h {h:g}", scores(data, lambda m: InstanceConfig(sigma=sigma, seed_height=h)))
+    for ab in args.scaled:
+        a, b = (float(v) for v in ab.split(":"))
+        show(f"scaled {ab}", scores(data, lambda m: InstanceConfig(sigma=a * typical_radius(m), seed_height=max(b * typical_radius(m), 0.1))))
+
+if __name__ == "__main__":
+    main()
