@@ -1,7 +1,7 @@
 """Does adaptation help? Target dice over several synthetic shifts, seeds and methods.
 
     python benchmarks/adaptation.py [--out benchmarks/_adaptation] [--seeds 0 1 2]
-        [--shifts appearance dim-gradient ...] [--rows all|core|masking|teachers] [--punet punet-small] [--quick]
+        [--shifts appearance dim-gradient haze ...] [--rows all|core|masking|teachers] [--punet punet-small] [--quick]
 
 For every shift the table first prints its preconditions, measured with the PUNet
 source model on the labeled target test images: source dice, the share of error
@@ -49,7 +49,7 @@ from probda_deploy.training.adaptation import AdaptConfig
 from probda_deploy.training.config import TrainConfig
 from probda_deploy.training.source import train_source
 
-SHIFTS = ("appearance", "size-shape", "density", "blur-noise", "dim-gradient", "target-gradient")
+SHIFTS = ("appearance", "size-shape", "density", "blur-noise", "dim-gradient", "target-gradient", "haze")
 MT = AdaptConfig(batch_size=4, patch_size=96)  # `probda adapt` defaults (1000 iterations); EMA momentum follows the run
 ADAPT_ROWS = {
     "UNet mean-teacher (confidence mask)": ("unet", MT),

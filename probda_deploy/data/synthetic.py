@@ -33,6 +33,9 @@ class DomainStyle:
     hollow: float = 0.0
     hollow_level: float = 0.3
     density: float = 1.0
+    # out-of-focus light: large blurred blobs (per 100^2 px) added to the image, as bright as dim nuclei;
+    # background in the labels
+    haze: float = 0.0
 
 
 DOMAINS = {
@@ -52,6 +55,8 @@ DOMAINS = {
     "blur-noise": DomainStyle(blur=2.5, noise=0.15, background=0.15),
     # dim objects on a brighter background with an illumination gradient
     "dim-gradient": DomainStyle(noise=0.06, background=0.3, contrast=0.6, gradient=0.25, brightness=(0.15, 0.8), texture=0.2),
+    # out-of-focus haze: blurred blobs from other planes, as bright as the dimmer nuclei
+    "haze": DomainStyle(blur=1.5, noise=0.06, brightness=(0.3, 1.0), haze=1.5),
 }
 
 
@@ -83,6 +88,13 @@ def make_nuclei(rng: np.random.Generator, shape: tuple[int, int] = (256, 256), *
     texture /= texture.std() + 1e-9
     img = signal * (1 + style.texture * texture)
     img = ndimage.gaussian_filter(img, style.blur) * style.contrast
+    if style.haze > 0:
+        haze = np.zeros(shape, np.float64)
+        for _ in range(int(rng.poisson(style.haze * h * w / 1e4))):
+            haze[int(rng.uniform(0, h)), int(rng.uniform(0, w))] += 1.0
+        sigma = rng.uniform(8.0, 16.0)  # one depth of field per image
+        haze = ndimage.gaussian_filter(haze, sigma) * 2 * np.pi * sigma**2  # each blob peaks at ~1
+        img = img + style.contrast * rng.uniform(0.2, 0.6) * haze
     ramp = (xx / max(w - 1, 1) * np.cos(rng.uniform(0, 2 * np.pi)) + yy / max(h - 1, 1) * np.sin(rng.uniform(0, 2 * np.pi)))
     img = img + style.background + style.gradient * (ramp - ramp.min())
     img = img + rng.normal(0, style.noise, size=shape)
