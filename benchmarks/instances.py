@@ -96,7 +96,13 @@ def main() -> None:
             show(f"sigma {sigma:g} h {h:g}", scores(data, lambda m: InstanceConfig(sigma=sigma, seed_height=h)))
     for ab in args.scaled:
         a, b = (float(v) for v in ab.split(":"))
-        show(f"scaled {ab}", scores(data, lambda m: InstanceConfig(sigma=a * typical_radius(m), seed_height=max(b * typical_radius(m), 0.1))))
+        show(f"scaled {ab}", scores(data, lambda m: scaled(typical_radius(m), a, b)))
+
+
+def scaled(radius: float, a: float, b: float) -> InstanceConfig:
+    """Seeds for objects of `radius` px: sigma a x radius, h b x radius (at least 0.1 px)."""
+    return InstanceConfig(sigma=a * radius, seed_height=max(b * radius, 0.1))
+
 
 if __name__ == "__main__":
     main()
