@@ -1,6 +1,6 @@
-"""Instance separation: object F1@0.5 of `separate_instances` over seed heights and smoothings.
+"""Instance separation: object F1@0.5 of `separate_instances` over its settings.
 
-    python benchmarks/instances.py [--heights 1 0.75 0.5 0.3] [--sigmas 0.5 1 1.5 2]
+    python benchmarks/instances.py [--splits 0.35 0.5] [--heights 1 0.75 0.5 0.3] [--sigmas 0.5 1 1.5 2]
         [--scaled 0.12:0.04 ...] [--real IMAGES LABELS [MODEL ...]] ...
 
 Columns: masks drawn from instance labels (the seeds alone decide: every error is a
@@ -9,9 +9,11 @@ masks zoomed x2 (objects twice as large), and with `--real` (repeatable), a labe
 or folders of images and labels (paired as `probda evaluate` pairs them) and the masks of
 models predicting them (`.pt` or export folder; 16 samples, seed 0), as `probda segment
 --instances` would make them; a single real image is also zoomed x2.
-Rows: the default (InstanceConfig), fixed (sigma, h) in px, and with `--scaled a:b`
-seeds scaled to the objects (sigma = a x r, h = b x r, r = the median inscribed radius of
-each mask's objects); the mean and the worst column on the right. Record the output in benchmarks/RESULTS.md.
+Rows: the default (InstanceConfig: h-maxima seeds, split by object-scaled seeds into pieces
+of at least `split` of the median object area), the default with other `--splits` (0 = the
+h-maxima seeds alone), fixed (sigma, h) in px without the split, and with `--scaled a:b` seeds
+scaled to the objects alone (sigma = a x r, h = b x r, r = the median inscribed radius of each
+mask's components); the mean and the worst column on the right. Record the output in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,19 +26,9 @@ from scipy import ndimage
 
 from probda_deploy.data.synthetic import DOMAINS, make_nuclei
 from probda_deploy.metrics import object_metrics
-from probda_deploy.runtime.instances import InstanceConfig, separate_instances
+from probda_deploy.runtime.instances import InstanceConfig, object_scale, separate_instances
 
 SYNTHETIC = ("source", "density", "size-shape", "appearance")
-
-
-def typical_radius(mask: np.ndarray, min_size: int = InstanceConfig.min_size) -> float:
-    """Median over connected components (>= min_size px) of their largest inscribed radius (max of the distance transform)."""
-    comps, n = ndimage.label(mask)
-    if n == 0:
-        return 0.0
-    radii = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(mask), comps, np.arange(1, n + 1)))
-    radii = radii[np.bincount(comps.ravel(), minlength=n + 1)[1:] >= min_size]
-    return float(np.median(radii)) if radii.size else 0.0
 
 
 def cases(real: list[list[str]] | None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -75,6 +67,7 @@ def scores(data: dict, config) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--splits", type=float, nargs="+", default=[0.0], help="more split fractions (0: h-maxima seeds only)")
     ap.add_argument("--heights", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.3])
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     ap.add_argument("--scaled", nargs="*", default=[], metavar="A:B", help="more (sigma, h) per px of radius to try")
@@ -91,17 +84,25 @@ def main() -> None:
         print(f"{name:>16} " + " ".join(f"{v:16.3f}" for v in row) + f" {np.mean(row):6.3f} {min(row):6.3f}", flush=True)
 
     show("default", scores(data, lambda m: InstanceConfig()))
+    for split in args.splits:
+        show(f"split {split:g}", scores(data, lambda m: InstanceConfig(split=split)))
     for sigma in args.sigmas:
         for h in args.heights:
-            show(f"sigma {sigma:g} h {h:g}", scores(data, lambda m: InstanceConfig(sigma=sigma, seed_height=h)))
+            show(f"sigma {sigma:g} h {h:g}", scores(data, lambda m: InstanceConfig(sigma=sigma, seed_height=h, split=0)))
     for ab in args.scaled:
         a, b = (float(v) for v in ab.split(":"))
         show(f"scaled {ab}", scores(data, lambda m: scaled(typical_radius(m), a, b)))
 
 
+def typical_radius(mask: np.ndarray) -> float:
+    """The median inscribed radius of the mask's components (`instances.object_scale`)."""
+    return object_scale(mask, separate_instances(mask.astype(np.float32), InstanceConfig(split=0)) if mask.any()
+                        else np.zeros(mask.shape, np.uint16), InstanceConfig.min_size)[0]
+
+
 def scaled(radius: float, a: float, b: float) -> InstanceConfig:
     """Seeds for objects of `radius` px: sigma a x radius, h b x radius (at least 0.1 px)."""
-    return InstanceConfig(sigma=a * radius, seed_height=max(b * radius, 0.1))
+    return InstanceConfig(sigma=a * radius, seed_height=max(b * radius, 0.1), split=0)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class EvalReport:
     threshold: float
     seed_height: float = InstanceConfig.seed_height
     min_size: int = InstanceConfig.min_size
+    split: float = InstanceConfig.split
     rows: list[ImageRow] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     maps: dict[str, ImageMaps] = field(default_factory=dict)
@@ -127,6 +128,7 @@ class EvalReport:
             "threshold": self.threshold,
             "seed_height": self.seed_height,
             "min_size": self.min_size,
+            "split": self.split,
             "device": self.device,
             "provider": self.provider,
             "seconds": round(self.seconds, 3),
@@ -149,6 +151,7 @@ def evaluate_model(
     threshold: float = 0.5,
     seed_height: float = InstanceConfig.seed_height,
     min_size: int = InstanceConfig.min_size,
+    split: float = InstanceConfig.split,
     keep: int = 6,
     keep_names: Iterable[str] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -165,7 +168,7 @@ def evaluate_model(
         seed: seed of the latent draws.
         device: auto, cpu or cuda.
         threshold: on the mean probability for the hard mask.
-        seed_height, min_size: instance separation of the predictions (`InstanceConfig`), scored
+        seed_height, min_size, split: instance separation of the predictions (`InstanceConfig`), scored
             against instance labels.
         keep: keep the panel maps of this many images (worst half, best half by hard dice;
             the first ones without labels).
@@ -181,12 +184,12 @@ def evaluate_model(
     """
     if samples < 1:
         raise ConfigError(f"--samples {samples}: need at least 1 sample")
-    cfg = instance_config(threshold, seed_height, min_size)  # also checks the threshold
+    cfg = instance_config(threshold, seed_height, min_size, split)  # also checks the threshold
     t0 = time.perf_counter()
     pairs, failed = _pairs(images, labels)
     predict, info = load_predictor(model, samples=samples, seed=seed, device=device)
     report = EvalReport(samples=samples if info["kind"] != "unet" else 1, seed=seed, threshold=threshold,
-                        seed_height=seed_height, min_size=min_size, **info)
+                        seed_height=seed_height, min_size=min_size, split=split, **info)
     report.failed.extend(failed)
     for f, e in failed:
         on_image and on_image(Path(f).name, None, e)

@@ -29,6 +29,7 @@ def evaluate(
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Threshold on the mean probability for hard dice/IoU.")] = 0.5,
     seed_height: Annotated[float, typer.Option("--seed-height", help="Instance seeds: h of the h-maxima of the distance transform (px); smaller splits touching objects more, e.g. 0.5 for round crowded nuclei, larger keeps elongated or hollow ones whole.")] = 1.0,
     min_size: Annotated[int, typer.Option("--min-size", help="Instances: objects smaller than this (px) join a touching object or are dropped.")] = 15,
+    split: Annotated[float, typer.Option("--split", min=0.0, help="Instances: split objects further by seeds scaled to the objects' size where every piece has at least this fraction of the median object's area (pressed nuclei); 0 = off.")] = 0.6,
     seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
@@ -38,7 +39,7 @@ def evaluate(
     from ..evaluation import evaluate_model, write_eval
 
     kwargs = dict(samples=samples, seed=seed, device=device.value, threshold=threshold, seed_height=seed_height,
-                  min_size=min_size, keep=panels)
+                  min_size=min_size, split=split, keep=panels)
     result = _run(evaluate_model, model, images, labels, quiet=quiet, what="evaluate", **kwargs)
     other = None
     if compare is not None:

@@ -39,6 +39,7 @@ def segment(
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Mask threshold on the mean probability (default 0.5).")] = None,
     seed_height: Annotated[float, typer.Option("--seed-height", help="Instance seeds: h of the h-maxima of the distance transform (px); smaller splits touching objects more, e.g. 0.5 for round crowded nuclei, larger keeps elongated or hollow ones whole.")] = 1.0,
     min_size: Annotated[int, typer.Option("--min-size", help="Instances: objects smaller than this (px) join a touching object or are dropped.")] = 15,
+    split: Annotated[float, typer.Option("--split", min=0.0, help="Instances: split objects further by seeds scaled to the objects' size where every piece has at least this fraction of the median object's area (pressed nuclei); 0 = off.")] = 0.6,
     seed: Annotated[int, typer.Option(help="Seed of the latent draws (combined with each file name).")] = 0,
     normalize: Annotated[str, typer.Option(help="Standardisation: image (whole image), tile, or none.")] = "image",
     resume: Annotated[bool, typer.Option("--resume", help="Skip images whose outputs all exist; redo only unwritten blocks of OME-Zarr outputs.")] = False,
@@ -79,7 +80,7 @@ def segment(
 
         report = run_segment(
             folder, inputs, output, samples=samples, tile=tile_arg, halo=halo, device=device.value, threads=threads,
-            outputs=outputs, threshold=threshold, seed_height=seed_height, min_size=min_size, seed=seed, resume=resume, overwrite=overwrite, normalize=normalize,
+            outputs=outputs, threshold=threshold, seed_height=seed_height, min_size=min_size, split=split, seed=seed, resume=resume, overwrite=overwrite, normalize=normalize,
             fmt=fmt.value, workers=workers, scheduler=scheduler, preview=preview, on_start=on_start, on_file=on_file,
             on_progress=blocks,
         )

@@ -125,8 +125,9 @@ class SegmentOptions:
         numbers = {"samples": self.samples, "seed": self.seed, "tile": self.tile, "halo": self.halo, "normalize": self.normalize,
                    "threshold": self.threshold, "channels": channels,
                    "mask": "mask" in self.outputs, "instances": instances, "ngff": self.ngff}
-        if instances and (self.instances.seed_height, self.instances.min_size) != (InstanceConfig.seed_height, InstanceConfig.min_size):
-            numbers.update(seed_height=self.instances.seed_height, min_size=self.instances.min_size)
+        own = (self.instances.seed_height, self.instances.min_size, self.instances.split)
+        if instances and own != (InstanceConfig.seed_height, InstanceConfig.min_size, InstanceConfig.split):
+            numbers.update(seed_height=own[0], min_size=own[1], split=own[2])
         return numbers
 
 
@@ -134,10 +135,11 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
                     outputs: str | Sequence[str] = DEFAULT_OUTPUTS, threshold: float | None = None, seed: int = 0,
                     tile: int | None | str = "auto", halo: int | None = None, normalize: str = "image", fmt: str = "auto",
                     resume: bool = False, overwrite: bool = False, ngff: str = "0.4", preview: bool = False,
-                    seed_height: float = InstanceConfig.seed_height, min_size: int = InstanceConfig.min_size) -> SegmentOptions:
+                    seed_height: float = InstanceConfig.seed_height, min_size: int = InstanceConfig.min_size,
+                    split: float = InstanceConfig.split) -> SegmentOptions:
     """Check the user's options and fill the model's defaults (K, threshold and halo from the manifest).
 
-    `seed_height` and `min_size` set the instance separation (`InstanceConfig`) of the instance outputs.
+    `seed_height`, `min_size` and `split` set the instance separation (`InstanceConfig`) of the instance outputs.
 
     Raises:
         ConfigError: unknown outputs, format or normalisation, negative sizes, K < 1,
@@ -160,8 +162,8 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
     if "boundary" in outputs and "boundary" not in sampler.maps:
         raise ConfigError(f"--outputs boundary: {sampler.folder} has no boundary output; train the model with `probda train --boundaries`")
     threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
-    instances = (instance_config(threshold, seed_height, min_size) if set(INSTANCE_OUTPUTS) & set(outputs)
-                 else InstanceConfig(threshold=threshold, seed_height=seed_height, min_size=min_size))
+    instances = (instance_config(threshold, seed_height, min_size, split) if set(INSTANCE_OUTPUTS) & set(outputs)
+                 else InstanceConfig(threshold=threshold, seed_height=seed_height, min_size=min_size, split=split))
     return SegmentOptions(
         model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,
         threshold=threshold, seed=seed, tile=tile, halo=sampler.default_halo if halo is None else halo,

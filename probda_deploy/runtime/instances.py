@@ -2,8 +2,12 @@
 
 Touching nuclei share one connected component of the mask; the distance
 transform of the mask has one maximum per roundish object, so its h-maxima
-seed a watershed that cuts the necks between them. Numpy, scipy and
-scikit-image only (no torch).
+seed a watershed that cuts the necks between them. Nuclei pressed together
+leave a neck too shallow for a fixed h; seeds scaled to the objects' typical
+radius find them, but also cut rings and fragments into arcs. So the scaled
+seeds only split an object into pieces that are each at least `split` of the
+median object's area (benchmarks/RESULTS.md, "Instance seeds"). Numpy, scipy
+and scikit-image only (no torch).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from scipy import ndimage
 from ..errors import ConfigError
 from ..files import atomic_path
 
+# the finer seeds (`split`): sigma and h as fractions of the objects' typical inscribed radius
+SIGMA_PER_RADIUS = 0.12
+HEIGHT_PER_RADIUS = 0.04
 OBJECT_COLUMNS = ("id", "centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain")
 
 
@@ -33,6 +40,9 @@ class InstanceConfig:
         closer in height than this merge into one seed, so a larger value splits less.
     sigma: Gaussian smoothing of the distance transform (px) before seeding.
     min_size: objects smaller than this (px) are merged into a touching object or dropped.
+    split: an object is split further by seeds scaled to the objects (sigma 0.12 r, h 0.04 r; r = the
+        median inscribed radius of the mask's components) when each of its pieces has at least this
+        fraction of the median object area; 0 = h-maxima seeds only.
     disagree: objects whose mean consensus is below this are flagged `uncertain`.
     block_halo: context (px) around each block when an OME-Zarr output is labelled block by block
         (zarr_instances.py): clumps of touching objects that fit in it get the ids of a one-piece run.
@@ -42,6 +52,7 @@ class InstanceConfig:
     seed_height: float = 1.0
     sigma: float = 1.0
     min_size: int = 15
+    split: float = 0.6
     disagree: float = 0.5
     block_halo: int = 64
 
@@ -53,18 +64,20 @@ class InstanceConfig:
             raise ValueError(f"--seed-height {self.seed_height}: must be > 0 (smaller splits touching objects more)")
         if self.min_size < 0:
             raise ValueError(f"--min-size {self.min_size}: must be >= 0 px")
+        if self.split < 0:
+            raise ValueError(f"--split {self.split}: must be >= 0 (a fraction of the median object area; 0 = off)")
         if self.sigma < 0 or self.block_halo < 1:
             raise ValueError(f"instance sigma {self.sigma} must be >= 0 and block halo {self.block_halo} >= 1")
 
 
 def instance_config(threshold: float = 0.5, seed_height: float = InstanceConfig.seed_height,
-                    min_size: int = InstanceConfig.min_size) -> InstanceConfig:
-    """The checked InstanceConfig of a user's options (`--threshold`, `--seed-height`, `--min-size`).
+                    min_size: int = InstanceConfig.min_size, split: float = InstanceConfig.split) -> InstanceConfig:
+    """The checked InstanceConfig of a user's options (`--threshold`, `--seed-height`, `--min-size`, `--split`).
 
     Raises:
         ConfigError: a value out of range, named by its option.
     """
-    cfg = InstanceConfig(threshold=float(threshold), seed_height=float(seed_height), min_size=int(min_size))
+    cfg = InstanceConfig(threshold=float(threshold), seed_height=float(seed_height), min_size=int(min_size), split=float(split))
     try:
         cfg.check()
     except ValueError as e:
@@ -73,24 +86,42 @@ def instance_config(threshold: float = 0.5, seed_height: float = InstanceConfig.
 
 
 def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
-                       boundary: np.ndarray | None = None) -> np.ndarray:
+                       boundary: np.ndarray | None = None, scale: tuple[float, float] | None = None) -> np.ndarray:
     """One id per object: (H, W) mean probability -> (H, W) uint16 labels (uint32 above 65535 objects), 0 = background.
 
     With the boundary map of a boundary model, the distance transform is taken of the mask with the
     predicted boundaries (>= 0.5) cut out, so touching objects that the foreground fills between get
     one seed each; the watershed still floods the whole mask.
+
+    Args:
+        scale: (typical radius, median object area) for `cfg.split`; None: measured on this image
+            (`object_scale`). Blocks of a larger image pass the whole plane's.
     """
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import relabel_sequential, watershed
+    from skimage.segmentation import relabel_sequential
 
     cfg.check()
     mask = prob >= cfg.threshold
     if not mask.any():
         return np.zeros(prob.shape, np.uint16)
     dist = ndimage.distance_transform_edt(mask if boundary is None else mask & (boundary < 0.5))
-    if cfg.sigma > 0:
-        dist = ndimage.gaussian_filter(dist, cfg.sigma)
-    seeds = h_maxima(dist, cfg.seed_height).astype(bool) & mask
+    labels = _watershed(mask, dist, cfg.sigma, cfg.seed_height, cfg.min_size)
+    if cfg.split > 0:
+        radius, area = object_scale(mask, labels, cfg.min_size) if scale is None else scale
+        if radius > 0 and area > 0:
+            fine = _watershed(mask, dist, SIGMA_PER_RADIUS * radius, max(HEIGHT_PER_RADIUS * radius, 0.1), cfg.min_size)
+            labels = split_objects(labels, fine, cfg.split * area)
+    labels = relabel_sequential(labels)[0]
+    return labels.astype(np.uint16 if labels.max() < 65535 else np.uint32)
+
+
+def _watershed(mask: np.ndarray, dist: np.ndarray, sigma: float, height: float, min_size: int) -> np.ndarray:
+    """Watershed of the mask from the h-maxima of the smoothed distance transform (one seed at least per component)."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    if sigma > 0:
+        dist = ndimage.gaussian_filter(dist, sigma)
+    seeds = h_maxima(dist, height).astype(bool) & mask
     markers, n = ndimage.label(seeds)
     components, n_comp = ndimage.label(mask)
     unseeded = np.setdiff1d(np.arange(1, n_comp + 1), components[seeds])
@@ -99,17 +130,83 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
         for i, (y, x) in enumerate(peaks):
             markers[y, x] = n + 1 + i
     labels = watershed(-dist, markers, mask=mask)
-    if cfg.min_size > 0:
+    if min_size > 0:
         sizes = np.bincount(labels.ravel())
-        small = np.flatnonzero(sizes < cfg.min_size)
+        small = np.flatnonzero(sizes < min_size)
         small = small[small > 0]
         if small.size:  # flood again without the small seeds: fragments join a neighbour, lone specks vanish
             markers[np.isin(labels, small)] = 0
             labels = watershed(-dist, markers, mask=mask)
             sizes = np.bincount(labels.ravel())
-            labels[np.isin(labels, np.flatnonzero(sizes < cfg.min_size))] = 0
-    labels = relabel_sequential(labels)[0]
-    return labels.astype(np.uint16 if labels.max() < 65535 else np.uint32)
+            labels[np.isin(labels, np.flatnonzero(sizes < min_size))] = 0
+    return labels
+
+
+def object_scale(mask: np.ndarray, labels: np.ndarray, min_size: int = 0,
+                 core: tuple[slice, slice] | None = None) -> tuple[float, float]:
+    """(typical radius, median object area) of a mask and its h-maxima objects, for `InstanceConfig.split`.
+
+    The radius is the median over connected components of their largest inscribed radius (max of the
+    distance transform): touching objects share a component but keep about one object's radius.
+    Components and objects under `min_size` px do not count. Use `scale_samples` to pool blocks.
+    """
+    radii, areas = scale_samples(mask, labels, min_size, core)
+    return (float(np.median(radii)) if radii.size else 0.0, float(np.median(areas)) if areas.size else 0.0)
+
+
+def scale_samples(mask: np.ndarray, labels: np.ndarray, min_size: int = 0,
+                  core: tuple[slice, slice] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The components' inscribed radii and the objects' areas behind `object_scale`.
+
+    With `core`, only components and objects whose deepest point (first in row-major order) lies in
+    it: blocks of a larger image that see each of them whole count it once.
+    """
+    dist = ndimage.distance_transform_edt(mask)
+    out = []
+    for regions in (ndimage.label(mask)[0], labels):
+        index = np.arange(1, int(regions.max()) + 1)
+        if index.size == 0:
+            out.append(np.zeros(0))
+            continue
+        sizes = np.bincount(regions.ravel(), minlength=index.size + 1)[1:]
+        keep = sizes >= max(min_size, 1)
+        if core is not None:
+            at = np.asarray(ndimage.maximum_position(dist, regions, index)).reshape(-1, 2)
+            for axis, sl in enumerate(core):
+                keep &= (at[:, axis] >= sl.start) & (at[:, axis] < sl.stop)
+        values = np.asarray(ndimage.maximum(dist, regions, index), np.float64) if not out else sizes.astype(np.float64)
+        out.append(values[keep])
+    return out[0], out[1]
+
+
+def split_objects(coarse: np.ndarray, fine: np.ndarray, min_area: float) -> np.ndarray:
+    """`coarse` objects replaced by their `fine` pieces where each piece has >= min_area px.
+
+    Pieces under a tenth of the object are watershed-line jitter between the two seedings, not
+    pieces; their pixels join the nearest piece.
+    """
+    inside = coarse > 0
+    pairs, counts = np.unique(np.stack([coarse[inside], fine[inside]]).astype(np.int64), axis=1, return_counts=True)
+    area = np.bincount(coarse.ravel())
+    pieces = (pairs[1] > 0) & (counts >= 0.1 * area[pairs[0]])
+    pairs, counts = pairs[:, pieces], counts[pieces]
+    objs, n_pieces = np.unique(pairs[0], return_counts=True)
+    out = coarse.astype(np.int64)
+    nxt = int(coarse.max()) + 1
+    boxes = ndimage.find_objects(coarse)
+    for obj in objs[n_pieces >= 2]:
+        mine = pairs[0] == obj
+        if counts[mine].min() < min_area:
+            continue
+        sl = boxes[obj - 1]
+        region = coarse[sl] == obj
+        markers = np.zeros(region.shape, np.int64)
+        for piece in pairs[1, mine]:
+            markers[region & (fine[sl] == piece)] = nxt
+            nxt += 1
+        _, (iy, ix) = ndimage.distance_transform_edt(markers == 0, return_indices=True)
+        out[sl][region] = markers[iy, ix][region]
+    return out
 
 
 def object_table(labels: np.ndarray, maps: dict[str, np.ndarray], *, disagree: float = 0.5) -> list[dict]:

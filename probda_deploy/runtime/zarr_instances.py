@@ -3,7 +3,11 @@
     rows = label_blocks(partial, layout, InstanceConfig(threshold=0.5), executor=executor)
 
 Runs in `ZarrSink.finish`, once every block of prob/consensus/std is written,
-as two passes of tasks over the output's chunk grid (any executor, any order):
+as passes of tasks over the output's chunk grid (any executor, any order):
+0. scale (with `InstanceConfig.split`): each block returns the inscribed radii of
+   the mask components and the areas of the h-maxima objects whose deepest
+   point lies in its core; their medians per plane are what the TIFF path
+   measures on the whole plane (`instances.object_scale`).
 1. label: each block reads its prob window (core + `block_halo`), runs the same
    `separate_instances` as the TIFF path, and writes the core's ids, numbered
    1..n within the block, to `labels/instances/0`. It returns its n and, for
@@ -24,13 +28,14 @@ those of `separate_instances` on the whole image, up to numbering.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import ome_zarr as oz
 from .executors import LocalExecutor
-from .instances import SUMS, InstanceConfig, merge_sums, object_sums, separate_instances
+from .instances import SUMS, InstanceConfig, merge_sums, object_sums, scale_samples, separate_instances
 from .tiling import Tile, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,13 @@ def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, exec
     tiles = block_grid(layout, cfg.block_halo)
     planes = [None] if len(layout.shape) == 2 else list(range(layout.shape[0]))
     keys = [(z, i) for z in planes for i in range(len(tiles))]
-    found = dict(executor.run(label_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]])) for k in keys]))
+    scales = {z: None for z in planes}
+    if cfg.split > 0:  # each plane's typical object first, as the TIFF path measures it on the whole plane
+        parts = dict(executor.run(scale_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]])) for k in keys]))
+        for z in planes:
+            radii, areas = (np.concatenate([parts[_name(k)][j] for k in keys if k[0] == z]) for j in (0, 1))
+            scales[z] = (float(np.median(radii)) if radii.size else 0.0, float(np.median(areas)) if areas.size else 0.0)
+    found = dict(executor.run(label_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]], scales[k[0]])) for k in keys]))
     luts = merge_borders(tiles, {k: found[_name(k)] for k in keys})
     jobs = [(_name(k), (path, layout, k[0], tiles[k[1]], luts[k], table)) for k in keys]
     parts = dict(executor.run(relabel_task, jobs))
@@ -79,18 +90,32 @@ def _name(key: tuple[int | None, int]) -> str:
     return f"{key[0] or 0}_{key[1]}"
 
 
-def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> tuple[int, dict]:
+def _read(path: Path, layout: oz.ZarrLayout, z: int | None, tile: Tile, mode: str = "r"):
+    """(zarr root, prob window, boundary window or None) of one block."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode=mode)
+    boundary = oz.read_region(root, layout, "boundary", z=z, region=tile.window) if "boundary" in layout.channels else None
+    return root, oz.read_region(root, layout, "prob", z=z, region=tile.window), boundary
+
+
+def scale_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """The component radii and h-maxima object areas of one block's window whose deepest point is in its core."""
+    _, prob, boundary = _read(path, layout, z, tile)
+    labels = separate_instances(prob, replace(cfg, split=0), boundary)
+    return scale_samples(prob >= cfg.threshold, labels, cfg.min_size, core=tile.core_in_window())
+
+
+def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
+               scale: tuple[float, float] | None = None) -> tuple[int, dict]:
     """Label one block from its prob window (and boundary window); write its core's ids (1..n) at level 0.
 
     Returns:
         (n, {side: (ids on the core's outermost row/column, ids just beyond it)}) for each side
         with a neighbour ("top", "bottom", "left", "right"); ids outside the core are 0.
     """
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r+")
-    boundary = oz.read_region(root, layout, "boundary", z=z, region=tile.window) if "boundary" in layout.channels else None
-    window = separate_instances(oz.read_region(root, layout, "prob", z=z, region=tile.window), cfg, boundary)
+    root, prob, boundary = _read(path, layout, z, tile, mode="r+")
+    window = separate_instances(prob, cfg, boundary, scale)
     ys, xs = tile.core_in_window()
     ids = np.unique(window[ys, xs])
     ids = ids[ids > 0]

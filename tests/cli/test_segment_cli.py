@@ -130,19 +130,19 @@ def test_segment_instances_writes_ids_and_the_object_table(shared, images, tmp_p
 
 
 def test_segment_instance_options(shared, images, tmp_path):
-    """--seed-height and --min-size reach the watershed of the TIFF and the OME-Zarr outputs."""
+    """--seed-height, --min-size and --split reach the watershed of the TIFF and the OME-Zarr outputs."""
     import zarr
 
     from probda_deploy.runtime.instances import InstanceConfig, separate_instances
 
     out = tmp_path / "out"
     res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(out), "-k", "3", "--instances",
-                              "--seed-height", "0.2", "--min-size", "3", "--quiet"])
+                              "--seed-height", "0.2", "--min-size", "3", "--split", "0.3", "--quiet"])
     assert res.exit_code == 0, res.output
     for name in ("a", "b"):
         prob = tifffile.imread(out / f"{name}_prob.tif")
         np.testing.assert_array_equal(tifffile.imread(out / f"{name}_instances.tif"),
-                                      separate_instances(prob, InstanceConfig(threshold=0.5, seed_height=0.2, min_size=3)))
+                                      separate_instances(prob, InstanceConfig(threshold=0.5, seed_height=0.2, min_size=3, split=0.3)))
     for fmt in ("tif", "ome-zarr"):  # objects below --min-size vanish: every object of these small images
         big = tmp_path / f"big-{fmt}"
         res = runner.invoke(app, ["segment", str(shared[1]), "-i", str(images), "-o", str(big), "-k", "3", "--instances",
@@ -191,10 +191,11 @@ def test_segment_instances_into_ome_zarr(shared, images, tmp_path):
 
 @pytest.mark.parametrize("command", ["segment", "evaluate"])
 def test_instance_option_defaults_are_the_library_defaults(command):
-    """The CLI's --seed-height and --min-size defaults are InstanceConfig's, so CLI and library runs agree."""
+    """The CLI's --seed-height, --min-size and --split defaults are InstanceConfig's, so CLI and library runs agree."""
     import typer.main
 
     from probda_deploy.runtime.instances import InstanceConfig
 
     params = {p.name: p.default for p in typer.main.get_command(app).commands[command].params}
-    assert (params["seed_height"], params["min_size"]) == (InstanceConfig.seed_height, InstanceConfig.min_size)
+    assert (params["seed_height"], params["min_size"], params["split"]) == (
+        InstanceConfig.seed_height, InstanceConfig.min_size, InstanceConfig.split)

@@ -43,6 +43,37 @@ def test_a_chain_of_three_touching_ellipses_is_three_objects():
     assert len(set(centre_ids)) == 3 and 0 not in centre_ids
 
 
+def _discs_and(extra, shape=(100, 240)):
+    """Four lone discs of radius 14 (the median object) and `extra`, as a soft probability map."""
+    mask = extra.copy()
+    for cx in (20, 60, 100, 140):
+        mask |= _ellipse(shape, 20, cx, 14, 14)
+    return _soft(mask)
+
+
+def test_a_clump_the_h_maxima_keep_whole_is_split_into_pieces_of_object_size():
+    shape = (100, 240)
+    pair = _ellipse(shape, 70, 40, 14, 14) | _ellipse(shape, 70, 61, 13, 13)  # pressed: a shallow neck
+    prob = _discs_and(pair)
+    coarse = InstanceConfig(seed_height=5, split=0)  # seeds that merge the pair
+    assert separate_instances(prob, coarse)[70, 40] == separate_instances(prob, coarse)[70, 61]
+    labels = separate_instances(prob, InstanceConfig(seed_height=5))  # + the split (default 0.6)
+    assert labels.max() == 6 and labels[70, 40] != labels[70, 61] and 0 not in (labels[70, 40], labels[70, 61])
+    assert (labels > 0).sum() == (prob > 0.5).sum()
+
+
+def test_the_split_leaves_pieces_smaller_than_the_fraction_of_a_typical_object_attached():
+    shape = (100, 240)
+    bud = _ellipse(shape, 70, 150, 14, 14) | _ellipse(shape, 70, 168, 10, 10)  # the bud: ~0.5 of a median disc
+    prob = _discs_and(bud)
+    whole = separate_instances(prob, InstanceConfig(seed_height=5))
+    assert whole.max() == 5 and whole[70, 150] == whole[70, 168]
+    cut = separate_instances(prob, InstanceConfig(seed_height=5, split=0.01))  # the finer seeds do cut it
+    assert cut.max() == 6 and cut[70, 150] != cut[70, 168]
+    with pytest.raises(ValueError, match="split"):
+        separate_instances(prob, InstanceConfig(split=-1))
+
+
 def test_lone_specks_below_min_size_vanish_and_empty_input_gives_no_objects():
     mask = _ellipse((40, 40), 20, 20, 8, 8)
     mask[2, 2] = mask[2, 3] = True  # 2-px speck

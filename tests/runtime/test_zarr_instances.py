@@ -91,6 +91,8 @@ def test_blockwise_ids_equal_the_whole_image_up_to_numbering(tmp_path):
     for z in range(2):
         n += _same_up_to_numbering(labels[z], separate_instances(prob[z]))
     assert n == len(rows) == labels.max() > 40 and set(np.unique(labels[0])) & set(np.unique(labels[1])) == {0}
+    # the split by object-scaled seeds acted here, with each plane's scale pooled over its blocks
+    assert sum(int(separate_instances(prob[z], InstanceConfig(split=0)).max()) for z in range(2)) < n
     expected = [{"z": z, **r} for z in range(2)
                 for r in object_table(labels[z], {"prob": prob[z], "consensus": consensus[z], "std": std[z]})]
     assert [r["z"] for r in rows] == [r["z"] for r in expected]
