@@ -9,9 +9,10 @@ masks zoomed x2 (objects twice as large), and with `--real` (repeatable), a labe
 or folders of images and labels (paired as `probda evaluate` pairs them) and the masks of
 models predicting them (`.pt` or export folder; 16 samples, seed 0), as `probda segment
 --instances` would make them; a single real image is also zoomed x2.
-Rows: the default (InstanceConfig: h-maxima seeds, split by object-scaled seeds into pieces
-of at least `split` of the median object area), the default with other `--splits` (0 = the
-h-maxima seeds alone), fixed (sigma, h) in px without the split, and with `--scaled a:b` seeds
+Rows: the default (InstanceConfig: h-maxima seeds, grown with objects above a 10 px radius,
+split by object-scaled seeds into pieces of at least `split` of the median object area), the
+default with seeds not grown and with the h-maxima seeds alone (neither grown nor split), the
+default with other `--splits`, fixed (sigma, h) in px without the split, and with `--scaled a:b` seeds
 scaled to the objects alone (sigma = a x r, h = b x r, r = the median inscribed radius of each
 mask's components); the mean and the worst column on the right. Record the output in benchmarks/RESULTS.md.
 """
@@ -26,7 +27,7 @@ from scipy import ndimage
 
 from probda_deploy.data.synthetic import DOMAINS, make_nuclei
 from probda_deploy.metrics import object_metrics
-from probda_deploy.runtime.instances import InstanceConfig, object_scale, separate_instances
+from probda_deploy.runtime.instances import InstanceConfig, component_radii, separate_instances, typical
 
 SYNTHETIC = ("source", "density", "size-shape", "appearance")
 
@@ -84,25 +85,26 @@ def main() -> None:
         print(f"{name:>16} " + " ".join(f"{v:16.3f}" for v in row) + f" {np.mean(row):6.3f} {min(row):6.3f}", flush=True)
 
     show("default", scores(data, lambda m: InstanceConfig()))
+    show("seeds not grown", scores(data, lambda m: InstanceConfig(reference_radius=0)))
+    show("h-maxima only", scores(data, lambda m: InstanceConfig(reference_radius=0, split=0)))
     for split in args.splits:
         show(f"split {split:g}", scores(data, lambda m: InstanceConfig(split=split)))
     for sigma in args.sigmas:
         for h in args.heights:
-            show(f"sigma {sigma:g} h {h:g}", scores(data, lambda m: InstanceConfig(sigma=sigma, seed_height=h, split=0)))
+            show(f"sigma {sigma:g} h {h:g}", scores(data, lambda m: InstanceConfig(sigma=sigma, seed_height=h, split=0, reference_radius=0)))
     for ab in args.scaled:
         a, b = (float(v) for v in ab.split(":"))
         show(f"scaled {ab}", scores(data, lambda m: scaled(typical_radius(m), a, b)))
 
 
 def typical_radius(mask: np.ndarray) -> float:
-    """The median inscribed radius of the mask's components (`instances.object_scale`)."""
-    return object_scale(mask, separate_instances(mask.astype(np.float32), InstanceConfig(split=0)) if mask.any()
-                        else np.zeros(mask.shape, np.uint16), InstanceConfig.min_size)[0]
+    """The median inscribed radius of the mask's components (`instances.component_radii`)."""
+    return typical(component_radii(mask, InstanceConfig.min_size))
 
 
 def scaled(radius: float, a: float, b: float) -> InstanceConfig:
     """Seeds for objects of `radius` px: sigma a x radius, h b x radius (at least 0.1 px)."""
-    return InstanceConfig(sigma=a * radius, seed_height=max(b * radius, 0.1), split=0)
+    return InstanceConfig(sigma=a * radius, seed_height=max(b * radius, 0.1), split=0, reference_radius=0)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ seed a watershed that cuts the necks between them. Nuclei pressed together
 leave a neck too shallow for a fixed h; seeds scaled to the objects' typical
 radius find them, but also cut rings and fragments into arcs. So the scaled
 seeds only split an object into pieces that are each at least `split` of the
-median object's area (benchmarks/RESULTS.md, "Instance seeds"). Numpy, scipy
-and scikit-image only (no torch).
+median object's area (benchmarks/RESULTS.md, "Instance seeds"). Objects larger
+than 10 px in radius also get the h-maxima seeds scaled up with them, so the
+same nuclei imaged at a higher magnification split alike. Numpy, scipy and
+scikit-image only (no torch).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class InstanceConfig:
     seed_height: h of the h-maxima of the (smoothed) distance transform, in px: two maxima
         closer in height than this merge into one seed, so a larger value splits less.
     sigma: Gaussian smoothing of the distance transform (px) before seeding.
+    reference_radius: seed_height and sigma are for objects of up to this typical radius (px);
+        larger objects scale both by their typical radius / reference_radius (0 = never).
     min_size: objects smaller than this (px) are merged into a touching object or dropped.
     split: an object is split further by seeds scaled to the objects (sigma 0.12 r, h 0.04 r; r = the
         median inscribed radius of the mask's components) when each of its pieces has at least this
@@ -51,6 +55,7 @@ class InstanceConfig:
     threshold: float = 0.5
     seed_height: float = 1.0
     sigma: float = 1.0
+    reference_radius: float = 10.0
     min_size: int = 15
     split: float = 0.6
     disagree: float = 0.5
@@ -66,6 +71,8 @@ class InstanceConfig:
             raise ValueError(f"--min-size {self.min_size}: must be >= 0 px")
         if self.split < 0:
             raise ValueError(f"--split {self.split}: must be >= 0 (a fraction of the median object area; 0 = off)")
+        if self.reference_radius < 0:
+            raise ValueError(f"instance reference radius {self.reference_radius} must be >= 0 px (0 = seeds never scaled)")
         if self.sigma < 0 or self.block_halo < 1:
             raise ValueError(f"instance sigma {self.sigma} must be >= 0 and block halo {self.block_halo} >= 1")
 
@@ -94,8 +101,9 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
     one seed each; the watershed still floods the whole mask.
 
     Args:
-        scale: (typical radius, median object area) for `cfg.split`; None: measured on this image
-            (`object_scale`). Blocks of a larger image pass the whole plane's.
+        scale: (typical radius, median object area): the scale of the seeds and of `cfg.split`; None:
+            measured on this image (`component_radii`, `object_areas`). Blocks of a larger image pass
+            the whole plane's; an area of 0 is measured here.
     """
     from skimage.segmentation import relabel_sequential
 
@@ -104,9 +112,14 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
     if not mask.any():
         return np.zeros(prob.shape, np.uint16)
     dist = ndimage.distance_transform_edt(mask if boundary is None else mask & (boundary < 0.5))
-    labels = _watershed(mask, dist, cfg.sigma, cfg.seed_height, cfg.min_size)
+    radius, area = scale or (0.0, 0.0)
+    if scale is None and (cfg.split > 0 or cfg.reference_radius > 0):
+        radius = typical(component_radii(mask, cfg.min_size))
+    grow = max(1.0, radius / cfg.reference_radius) if cfg.reference_radius > 0 else 1.0
+    labels = _watershed(mask, dist, cfg.sigma * grow, cfg.seed_height * grow, cfg.min_size)
     if cfg.split > 0:
-        radius, area = object_scale(mask, labels, cfg.min_size) if scale is None else scale
+        if area <= 0:
+            area = typical(object_areas(mask, labels, cfg.min_size))
         if radius > 0 and area > 0:
             fine = _watershed(mask, dist, SIGMA_PER_RADIUS * radius, max(HEIGHT_PER_RADIUS * radius, 0.1), cfg.min_size)
             labels = split_objects(labels, fine, cfg.split * area)
@@ -142,41 +155,40 @@ def _watershed(mask: np.ndarray, dist: np.ndarray, sigma: float, height: float, 
     return labels
 
 
-def object_scale(mask: np.ndarray, labels: np.ndarray, min_size: int = 0,
-                 core: tuple[slice, slice] | None = None) -> tuple[float, float]:
-    """(typical radius, median object area) of a mask and its h-maxima objects, for `InstanceConfig.split`.
+def typical(values: np.ndarray) -> float:
+    """The median of `component_radii` or `object_areas` (0 without any)."""
+    return float(np.median(values)) if values.size else 0.0
 
-    The radius is the median over connected components of their largest inscribed radius (max of the
-    distance transform): touching objects share a component but keep about one object's radius.
-    Components and objects under `min_size` px do not count. Use `scale_samples` to pool blocks.
+
+def component_radii(mask: np.ndarray, min_size: int = 0, core: tuple[slice, slice] | None = None) -> np.ndarray:
+    """The largest inscribed radius (max of the distance transform, px) of each connected component of `mask`.
+
+    Touching objects share a component but keep about one object's radius, so the median is the
+    objects' typical radius. Components under `min_size` px do not count. With `core`, only those
+    whose deepest point (first in row-major order) lies in it: blocks of a larger image that see
+    each component whole count it once.
     """
-    radii, areas = scale_samples(mask, labels, min_size, core)
-    return (float(np.median(radii)) if radii.size else 0.0, float(np.median(areas)) if areas.size else 0.0)
+    return _per_region(mask, ndimage.label(mask)[0], min_size, core, radii=True)
 
 
-def scale_samples(mask: np.ndarray, labels: np.ndarray, min_size: int = 0,
-                  core: tuple[slice, slice] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The components' inscribed radii and the objects' areas behind `object_scale`.
+def object_areas(mask: np.ndarray, labels: np.ndarray, min_size: int = 0, core: tuple[slice, slice] | None = None) -> np.ndarray:
+    """The areas (px) of the objects of `labels` (at least `min_size`); `core` as in `component_radii`."""
+    return _per_region(mask, labels, min_size, core, radii=False)
 
-    With `core`, only components and objects whose deepest point (first in row-major order) lies in
-    it: blocks of a larger image that see each of them whole count it once.
-    """
+
+def _per_region(mask, regions, min_size, core, *, radii: bool) -> np.ndarray:
+    index = np.arange(1, int(regions.max()) + 1)
+    if index.size == 0:
+        return np.zeros(0)
     dist = ndimage.distance_transform_edt(mask)
-    out = []
-    for regions in (ndimage.label(mask)[0], labels):
-        index = np.arange(1, int(regions.max()) + 1)
-        if index.size == 0:
-            out.append(np.zeros(0))
-            continue
-        sizes = np.bincount(regions.ravel(), minlength=index.size + 1)[1:]
-        keep = sizes >= max(min_size, 1)
-        if core is not None:
-            at = np.asarray(ndimage.maximum_position(dist, regions, index)).reshape(-1, 2)
-            for axis, sl in enumerate(core):
-                keep &= (at[:, axis] >= sl.start) & (at[:, axis] < sl.stop)
-        values = np.asarray(ndimage.maximum(dist, regions, index), np.float64) if not out else sizes.astype(np.float64)
-        out.append(values[keep])
-    return out[0], out[1]
+    sizes = np.bincount(regions.ravel(), minlength=index.size + 1)[1:]
+    keep = sizes >= max(min_size, 1)
+    if core is not None:
+        at = np.asarray(ndimage.maximum_position(dist, regions, index)).reshape(-1, 2)
+        for axis, sl in enumerate(core):
+            keep &= (at[:, axis] >= sl.start) & (at[:, axis] < sl.stop)
+    values = np.asarray(ndimage.maximum(dist, regions, index), np.float64) if radii else sizes.astype(np.float64)
+    return values[keep]
 
 
 def split_objects(coarse: np.ndarray, fine: np.ndarray, min_area: float) -> np.ndarray:

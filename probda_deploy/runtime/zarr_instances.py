@@ -4,10 +4,10 @@
 
 Runs in `ZarrSink.finish`, once every block of prob/consensus/std is written,
 as passes of tasks over the output's chunk grid (any executor, any order):
-0. scale (with `InstanceConfig.split`): each block returns the inscribed radii of
-   the mask components and the areas of the h-maxima objects whose deepest
-   point lies in its core; their medians per plane are what the TIFF path
-   measures on the whole plane (`instances.object_scale`).
+0. scale: each block returns the inscribed radii of the mask components whose
+   deepest point lies in its core, then (with `InstanceConfig.split`) the areas
+   of its h-maxima objects at the plane's radius; their medians per plane are
+   what the TIFF path measures on the whole plane (`instances.typical`).
 1. label: each block reads its prob window (core + `block_halo`), runs the same
    `separate_instances` as the TIFF path, and writes the core's ids, numbered
    1..n within the block, to `labels/instances/0`. It returns its n and, for
@@ -35,7 +35,8 @@ import numpy as np
 
 from . import ome_zarr as oz
 from .executors import LocalExecutor
-from .instances import SUMS, InstanceConfig, merge_sums, object_sums, scale_samples, separate_instances
+from .instances import (SUMS, InstanceConfig, component_radii, merge_sums, object_areas, object_sums, separate_instances,
+                        typical)
 from .tiling import Tile, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,12 @@ def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, exec
     planes = [None] if len(layout.shape) == 2 else list(range(layout.shape[0]))
     keys = [(z, i) for z in planes for i in range(len(tiles))]
     scales = {z: None for z in planes}
-    if cfg.split > 0:  # each plane's typical object first, as the TIFF path measures it on the whole plane
-        parts = dict(executor.run(scale_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]])) for k in keys]))
-        for z in planes:
-            radii, areas = (np.concatenate([parts[_name(k)][j] for k in keys if k[0] == z]) for j in (0, 1))
-            scales[z] = (float(np.median(radii)) if radii.size else 0.0, float(np.median(areas)) if areas.size else 0.0)
+    if cfg.split > 0 or cfg.reference_radius > 0:  # each plane's typical object first, as the TIFF path measures it
+        radii = _per_plane(executor, radius_task, [(path, layout, cfg, k[0], tiles[k[1]]) for k in keys], keys, planes)
+        scales = {z: (radii[z], 0.0) for z in planes}
+        if cfg.split > 0:
+            areas = _per_plane(executor, area_task, [(path, layout, cfg, k[0], tiles[k[1]], scales[k[0]]) for k in keys], keys, planes)
+            scales = {z: (radii[z], areas[z]) for z in planes}
     found = dict(executor.run(label_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]], scales[k[0]])) for k in keys]))
     luts = merge_borders(tiles, {k: found[_name(k)] for k in keys})
     jobs = [(_name(k), (path, layout, k[0], tiles[k[1]], luts[k], table)) for k in keys]
@@ -99,11 +101,24 @@ def _read(path: Path, layout: oz.ZarrLayout, z: int | None, tile: Tile, mode: st
     return root, oz.read_region(root, layout, "prob", z=z, region=tile.window), boundary
 
 
-def scale_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-    """The component radii and h-maxima object areas of one block's window whose deepest point is in its core."""
+def _per_plane(executor, task, args: list[tuple], keys: list[tuple], planes: list) -> dict:
+    """{plane: the median of the values that `task` returns for the plane's blocks}."""
+    parts = dict(executor.run(task, [(_name(k), a) for k, a in zip(keys, args)]))
+    return {z: typical(np.concatenate([parts[_name(k)] for k in keys if k[0] == z])) for z in planes}
+
+
+def radius_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> np.ndarray:
+    """The inscribed radii of the mask components of one block's window whose deepest point is in its core."""
+    _, prob, _ = _read(path, layout, z, tile)
+    return component_radii(prob >= cfg.threshold, cfg.min_size, core=tile.core_in_window())
+
+
+def area_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
+              scale: tuple[float, float]) -> np.ndarray:
+    """The areas of the h-maxima objects (seeds at the plane's radius) of one block's window whose deepest point is in its core."""
     _, prob, boundary = _read(path, layout, z, tile)
-    labels = separate_instances(prob, replace(cfg, split=0), boundary)
-    return scale_samples(prob >= cfg.threshold, labels, cfg.min_size, core=tile.core_in_window())
+    labels = separate_instances(prob, replace(cfg, split=0), boundary, scale)
+    return object_areas(prob >= cfg.threshold, labels, cfg.min_size, core=tile.core_in_window())
 
 
 def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,

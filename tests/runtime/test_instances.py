@@ -127,3 +127,27 @@ def test_a_boundary_map_splits_objects_the_mask_fills_between():
     assert (labels > 0).sum() == mask.sum()  # the boundary pixels still belong to an object
     weak = np.where(boundary > 0, 0.3, 0.0).astype(np.float32)  # below 0.5: not a boundary
     assert separate_instances(_soft(mask), boundary=weak).max() == 1
+
+
+def _wobbly_blobs(zoom: int) -> np.ndarray:
+    """Twelve lone elliptic blobs with rough outlines, imaged at `zoom` x the magnification (same shapes)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    shape = (160 * zoom, 320 * zoom)
+    yy, xx = np.mgrid[: shape[0], : shape[1]] / zoom
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 2 * zoom)
+    noise /= noise.std()
+    mask = np.zeros(shape, bool)
+    for cy in (30, 80, 130):
+        for cx in (40, 120, 200, 280):
+            mask |= ((yy - cy) / 12) ** 2 + ((xx - cx) / 20) ** 2 + 0.25 * noise <= 1
+    return _soft(mask)
+
+
+def test_seeds_grow_with_objects_larger_than_the_reference_radius():
+    fixed = InstanceConfig(reference_radius=0)
+    small, large = _wobbly_blobs(1), _wobbly_blobs(2)
+    assert separate_instances(small).max() == separate_instances(small, fixed).max() == 12  # radius ~11: seeds grown by ~1.1x, the same objects
+    grown, not_grown = separate_instances(large).max(), separate_instances(large, fixed).max()
+    assert not_grown >= 16 and grown <= 14  # 1 px seeds cut the rough outlines of large blobs; grown ones far less
