@@ -103,26 +103,42 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
     Args:
         scale: (typical radius, median object area): the scale of the seeds and of `cfg.split`; None:
             measured on this image (`component_radii`, `object_areas`). Blocks of a larger image pass
-            the whole plane's; an area of 0 is measured here.
+            the whole plane's.
     """
-    from skimage.segmentation import relabel_sequential
-
     cfg.check()
+    radius, area = scale if scale is not None else (None, None)
+    mask, labels, fine = seedings(prob, cfg, boundary, radius)
+    if fine is not None:
+        area = typical(object_areas(mask, labels, cfg.min_size)) if area is None else area
+        if area > 0:
+            labels = split_objects(labels, fine, cfg.split * area)
+    return sequential_ids(labels)
+
+
+def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None = None,
+             radius: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(mask, h-maxima objects, objects of the seeds scaled to `radius` or None without `cfg.split`).
+
+    radius: the objects' typical radius (None: measured on this mask, when the settings need it).
+    """
     mask = prob >= cfg.threshold
     if not mask.any():
-        return np.zeros(prob.shape, np.uint16)
+        return mask, np.zeros(prob.shape, np.int32), None
     dist = ndimage.distance_transform_edt(mask if boundary is None else mask & (boundary < 0.5))
-    radius, area = scale or (0.0, 0.0)
-    if scale is None and (cfg.split > 0 or cfg.reference_radius > 0):
-        radius = typical(component_radii(mask, cfg.min_size))
+    if radius is None:
+        radius = typical(component_radii(mask, cfg.min_size)) if cfg.split > 0 or cfg.reference_radius > 0 else 0.0
     grow = max(1.0, radius / cfg.reference_radius) if cfg.reference_radius > 0 else 1.0
     labels = _watershed(mask, dist, cfg.sigma * grow, cfg.seed_height * grow, cfg.min_size)
-    if cfg.split > 0:
-        if area <= 0:
-            area = typical(object_areas(mask, labels, cfg.min_size))
-        if radius > 0 and area > 0:
-            fine = _watershed(mask, dist, SIGMA_PER_RADIUS * radius, max(HEIGHT_PER_RADIUS * radius, 0.1), cfg.min_size)
-            labels = split_objects(labels, fine, cfg.split * area)
+    fine = None
+    if cfg.split > 0 and radius > 0:
+        fine = _watershed(mask, dist, SIGMA_PER_RADIUS * radius, max(HEIGHT_PER_RADIUS * radius, 0.1), cfg.min_size)
+    return mask, labels, fine
+
+
+def sequential_ids(labels: np.ndarray) -> np.ndarray:
+    """The ids renumbered 1..n (gaps closed, order kept) as uint16 (uint32 above 65535 objects)."""
+    from skimage.segmentation import relabel_sequential
+
     labels = relabel_sequential(labels)[0]
     return labels.astype(np.uint16 if labels.max() < 65535 else np.uint32)
 

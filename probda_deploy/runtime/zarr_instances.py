@@ -7,7 +7,8 @@ as passes of tasks over the output's chunk grid (any executor, any order):
 0. scale: each block returns the inscribed radii of the mask components whose
    deepest point lies in its core, then (with `InstanceConfig.split`) the areas
    of its h-maxima objects at the plane's radius; their medians per plane are
-   what the TIFF path measures on the whole plane (`instances.typical`).
+   what the TIFF path measures on the whole plane (`instances.typical`). The
+   second pass keeps each window's two seedings in CACHE for the label pass.
 1. label: each block reads its prob window (core + `block_halo`), runs the same
    `separate_instances` as the TIFF path, and writes the core's ids, numbered
    1..n within the block, to `labels/instances/0`. It returns its n and, for
@@ -28,20 +29,21 @@ those of `separate_instances` on the whole image, up to numbering.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from . import ome_zarr as oz
 from .executors import LocalExecutor
-from .instances import (SUMS, InstanceConfig, component_radii, merge_sums, object_areas, object_sums, separate_instances,
-                        typical)
+from .instances import (SUMS, InstanceConfig, component_radii, merge_sums, object_areas, object_sums, seedings,
+                        separate_instances, sequential_ids, split_objects, typical)
 from .tiling import Tile, plan_tiles
 
 log = logging.getLogger(__name__)
 
-SIDES = {"bottom": "top", "right": "left"}  # the two borders a block shares with a later block
+SIDES = {"bottom": "top", "right": "left"}
+CACHE = ".instances-seedings"  # folder in the partial output: each window's seedings, from the scale pass to the label pass  # the two borders a block shares with a later block
 
 
 def block_grid(layout: oz.ZarrLayout, halo: int) -> list[Tile]:
@@ -76,7 +78,10 @@ def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, exec
         if cfg.split > 0:
             areas = _per_plane(executor, area_task, [(path, layout, cfg, k[0], tiles[k[1]], scales[k[0]]) for k in keys], keys, planes)
             scales = {z: (radii[z], areas[z]) for z in planes}
-    found = dict(executor.run(label_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]], scales[k[0]])) for k in keys]))
+    try:
+        found = dict(executor.run(label_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]], scales[k[0]])) for k in keys]))
+    finally:
+        shutil.rmtree(Path(path) / CACHE, ignore_errors=True)
     luts = merge_borders(tiles, {k: found[_name(k)] for k in keys})
     jobs = [(_name(k), (path, layout, k[0], tiles[k[1]], luts[k], table)) for k in keys]
     parts = dict(executor.run(relabel_task, jobs))
@@ -115,10 +120,18 @@ def radius_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int |
 
 def area_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
               scale: tuple[float, float]) -> np.ndarray:
-    """The areas of the h-maxima objects (seeds at the plane's radius) of one block's window whose deepest point is in its core."""
+    """The areas of the h-maxima objects (seeds at the plane's radius) of one block's window whose deepest
+    point is in its core; the window's two seedings go to CACHE for `label_task`."""
     _, prob, boundary = _read(path, layout, z, tile)
-    labels = separate_instances(prob, replace(cfg, split=0), boundary, scale)
-    return object_areas(prob >= cfg.threshold, labels, cfg.min_size, core=tile.core_in_window())
+    mask, coarse, fine = seedings(prob, cfg, boundary, scale[0])
+    if fine is not None:
+        (Path(path) / CACHE).mkdir(exist_ok=True)
+        np.savez_compressed(_cached(path, z, tile), coarse=coarse, fine=fine)
+    return object_areas(mask, coarse, cfg.min_size, core=tile.core_in_window())
+
+
+def _cached(path: Path, z: int | None, tile: Tile) -> Path:
+    return Path(path) / CACHE / f"{z or 0}_{tile.core[0]}_{tile.core[2]}.npz"
 
 
 def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
@@ -130,7 +143,13 @@ def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | 
         with a neighbour ("top", "bottom", "left", "right"); ids outside the core are 0.
     """
     root, prob, boundary = _read(path, layout, z, tile, mode="r+")
-    window = separate_instances(prob, cfg, boundary, scale)
+    cached = _cached(path, z, tile) if scale else None
+    if cached is not None and cached.exists():  # the scale pass's seedings of this window: only the split is left
+        with np.load(cached) as seeds:
+            coarse = seeds["coarse"]
+            window = sequential_ids(split_objects(coarse, seeds["fine"], cfg.split * scale[1]) if scale[1] > 0 else coarse)
+    else:
+        window = separate_instances(prob, cfg, boundary, scale)
     ys, xs = tile.core_in_window()
     ids = np.unique(window[ys, xs])
     ids = ids[ids > 0]

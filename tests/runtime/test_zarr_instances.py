@@ -11,7 +11,7 @@ import zarr
 
 from probda_deploy.runtime import ome_zarr as oz
 from probda_deploy.runtime.instances import InstanceConfig, iter_rows, object_table, separate_instances, write_object_csv
-from probda_deploy.runtime.zarr_instances import block_grid, label_blocks
+from probda_deploy.runtime.zarr_instances import CACHE, block_grid, label_blocks
 
 
 def _disc(shape, cy, cx, r):
@@ -93,6 +93,7 @@ def test_blockwise_ids_equal_the_whole_image_up_to_numbering(tmp_path):
     assert n == len(rows) == labels.max() > 40 and set(np.unique(labels[0])) & set(np.unique(labels[1])) == {0}
     # the split by object-scaled seeds acted here, with each plane's scale pooled over its blocks
     assert sum(int(separate_instances(prob[z], InstanceConfig(split=0)).max()) for z in range(2)) < n
+    assert not (path / CACHE).exists()  # the seedings kept from the scale pass to the label pass are gone
     expected = [{"z": z, **r} for z in range(2)
                 for r in object_table(labels[z], {"prob": prob[z], "consensus": consensus[z], "std": std[z]})]
     assert [r["z"] for r in rows] == [r["z"] for r in expected]
