@@ -107,12 +107,7 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
     """
     cfg.check()
     radius, area = scale if scale is not None else (None, None)
-    mask, labels, fine = seedings(prob, cfg, boundary, radius)
-    if fine is not None:
-        area = typical(object_areas(mask, labels, cfg.min_size)) if area is None else area
-        if area > 0:
-            labels = split_objects(labels, fine, cfg.split * area)
-    return sequential_ids(labels)
+    return split_and_number(*seedings(prob, cfg, boundary, radius), cfg, area)
 
 
 def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None = None,
@@ -135,10 +130,19 @@ def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None 
     return mask, labels, fine
 
 
-def sequential_ids(labels: np.ndarray) -> np.ndarray:
-    """The ids renumbered 1..n (gaps closed, order kept) as uint16 (uint32 above 65535 objects)."""
+def split_and_number(mask: np.ndarray | None, labels: np.ndarray, fine: np.ndarray | None, cfg: InstanceConfig,
+                     area: float | None = None) -> np.ndarray:
+    """The h-maxima objects of `seedings` split by its finer seeding (`split_objects`), renumbered 1..n
+    as uint16 (uint32 above 65535 objects).
+
+    area: the median object area (None: measured on `mask` and `labels`).
+    """
     from skimage.segmentation import relabel_sequential
 
+    if fine is not None:
+        area = typical(object_areas(mask, labels, cfg.min_size)) if area is None else area
+        if area > 0:
+            labels = split_objects(labels, fine, cfg.split * area)
     labels = relabel_sequential(labels)[0]
     return labels.astype(np.uint16 if labels.max() < 65535 else np.uint32)
 
@@ -196,7 +200,7 @@ def _per_region(mask, regions, min_size, core, *, radii: bool) -> np.ndarray:
     index = np.arange(1, int(regions.max()) + 1)
     if index.size == 0:
         return np.zeros(0)
-    dist = ndimage.distance_transform_edt(mask)
+    dist = ndimage.distance_transform_edt(mask) if radii or core is not None else None
     sizes = np.bincount(regions.ravel(), minlength=index.size + 1)[1:]
     keep = sizes >= max(min_size, 1)
     if core is not None:

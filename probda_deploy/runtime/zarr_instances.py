@@ -37,13 +37,13 @@ import numpy as np
 from . import ome_zarr as oz
 from .executors import LocalExecutor
 from .instances import (SUMS, InstanceConfig, component_radii, merge_sums, object_areas, object_sums, seedings,
-                        separate_instances, sequential_ids, split_objects, typical)
+                        separate_instances, split_and_number, typical)
 from .tiling import Tile, plan_tiles
 
 log = logging.getLogger(__name__)
 
-SIDES = {"bottom": "top", "right": "left"}
-CACHE = ".instances-seedings"  # folder in the partial output: each window's seedings, from the scale pass to the label pass  # the two borders a block shares with a later block
+SIDES = {"bottom": "top", "right": "left"}  # the two borders a block shares with a later block
+CACHE = ".instances-seedings"  # folder in the partial output: each window's seedings, from the scale pass to the label pass
 
 
 def block_grid(layout: oz.ZarrLayout, halo: int) -> list[Tile]:
@@ -142,13 +142,15 @@ def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | 
         (n, {side: (ids on the core's outermost row/column, ids just beyond it)}) for each side
         with a neighbour ("top", "bottom", "left", "right"); ids outside the core are 0.
     """
-    root, prob, boundary = _read(path, layout, z, tile, mode="r+")
-    cached = _cached(path, z, tile) if scale else None
-    if cached is not None and cached.exists():  # the scale pass's seedings of this window: only the split is left
+    import zarr
+
+    cached = _cached(path, z, tile)
+    if scale is not None and cached.exists():  # the scale pass's seedings of this window: only the split is left
         with np.load(cached) as seeds:
-            coarse = seeds["coarse"]
-            window = sequential_ids(split_objects(coarse, seeds["fine"], cfg.split * scale[1]) if scale[1] > 0 else coarse)
+            window = split_and_number(None, seeds["coarse"], seeds["fine"], cfg, scale[1])
+        root = zarr.open_group(str(path), mode="r+")
     else:
+        root, prob, boundary = _read(path, layout, z, tile, mode="r+")
         window = separate_instances(prob, cfg, boundary, scale)
     ys, xs = tile.core_in_window()
     ids = np.unique(window[ys, xs])
