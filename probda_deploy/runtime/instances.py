@@ -119,9 +119,11 @@ def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None 
     mask = prob >= cfg.threshold
     if not mask.any():
         return mask, np.zeros(prob.shape, np.int32), None
-    dist = ndimage.distance_transform_edt(mask if boundary is None else mask & (boundary < 0.5))
+    whole = ndimage.distance_transform_edt(mask) if boundary is None or radius is None else None
+    dist = whole if boundary is None else ndimage.distance_transform_edt(mask & (boundary < 0.5))
     if radius is None:
-        radius = typical(component_radii(mask, cfg.min_size)) if cfg.split > 0 or cfg.reference_radius > 0 else 0.0
+        scaled = cfg.split > 0 or cfg.reference_radius > 0
+        radius = typical(component_radii(mask, cfg.min_size, dist=whole)) if scaled else 0.0
     grow = max(1.0, radius / cfg.reference_radius) if cfg.reference_radius > 0 else 1.0
     labels = _watershed(mask, dist, cfg.sigma * grow, cfg.seed_height * grow, cfg.min_size)
     fine = None
@@ -180,15 +182,16 @@ def typical(values: np.ndarray) -> float:
     return float(np.median(values)) if values.size else 0.0
 
 
-def component_radii(mask: np.ndarray, min_size: int = 0, core: tuple[slice, slice] | None = None) -> np.ndarray:
+def component_radii(mask: np.ndarray, min_size: int = 0, core: tuple[slice, slice] | None = None, *,
+                    dist: np.ndarray | None = None) -> np.ndarray:
     """The largest inscribed radius (max of the distance transform, px) of each connected component of `mask`.
 
     Touching objects share a component but keep about one object's radius, so the median is the
     objects' typical radius. Components under `min_size` px do not count. With `core`, only those
     whose deepest point (first in row-major order) lies in it: blocks of a larger image that see
-    each component whole count it once.
+    each component whole count it once. `dist`: the mask's distance transform, if already computed.
     """
-    return _per_region(mask, ndimage.label(mask)[0], min_size, core, radii=True)
+    return _per_region(mask, ndimage.label(mask)[0], min_size, core, radii=True, dist=dist)
 
 
 def object_areas(mask: np.ndarray, labels: np.ndarray, min_size: int = 0, core: tuple[slice, slice] | None = None) -> np.ndarray:
@@ -196,11 +199,12 @@ def object_areas(mask: np.ndarray, labels: np.ndarray, min_size: int = 0, core: 
     return _per_region(mask, labels, min_size, core, radii=False)
 
 
-def _per_region(mask, regions, min_size, core, *, radii: bool) -> np.ndarray:
+def _per_region(mask, regions, min_size, core, *, radii: bool, dist: np.ndarray | None = None) -> np.ndarray:
     index = np.arange(1, int(regions.max()) + 1)
     if index.size == 0:
         return np.zeros(0)
-    dist = ndimage.distance_transform_edt(mask) if radii or core is not None else None
+    if dist is None and (radii or core is not None):
+        dist = ndimage.distance_transform_edt(mask)
     sizes = np.bincount(regions.ravel(), minlength=index.size + 1)[1:]
     keep = sizes >= max(min_size, 1)
     if core is not None:
