@@ -8,6 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
 import pytest
+from scipy import ndimage
 import tifffile
 import torch
 
@@ -109,6 +110,31 @@ def make_blobs(shape, seed=0) -> np.ndarray:
 @pytest.fixture
 def blobs():
     return make_blobs
+
+
+def make_random_map(kind: str, rng: np.random.Generator, shape=(72, 88), sparse: bool = False) -> np.ndarray:
+    """A probability map of one hard kind: clumps larger than a block, objects on block corners, plateaus,
+    values tied at the threshold, or float noise around it; `sparse`: about a third of the objects."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    if kind in ("clumps", "corners"):
+        mask = np.zeros(shape, bool)
+        centres = ([(rng.uniform(0, shape[0]), rng.uniform(0, shape[1])) for _ in range(10 if sparse else 30)] if kind == "clumps"
+                   else [(y + rng.integers(-1, 2), x + rng.integers(-1, 2)) for y in range(0, shape[0], 48 if sparse else 24) for x in range(0, shape[1], 48 if sparse else 24)])
+        for cy, cx in centres:
+            r = rng.uniform(3, 11)
+            mask |= (yy - cy) ** 2 + ((xx - cx) * rng.uniform(0.6, 1.4)) ** 2 <= r * r
+        return np.where(mask, 0.8, 0.2).astype(np.float32)  # plateaus: every distance tie is a real tie
+    field = ndimage.gaussian_filter(rng.random(shape), rng.uniform(2, 3) if sparse else rng.uniform(2, 5))
+    field = ((field - field.min()) / (np.ptp(field) + 1e-12)) ** (3 if sparse else 2)  # 2: about a fifth above 0.5
+    if kind == "plateaus":
+        return (np.round(field * 6) / 6).astype(np.float32)  # steps, some exactly at the threshold 0.5
+    tie = 0.5 + 1e-7 * rng.uniform(-1, 1, shape)  # float32 rounds these to 0.5 or one step either side of it
+    return np.where(field > (0.45 if sparse else 0.3), tie, 0.1).astype(np.float32)  # "noise": blobs speckled by float noise
+
+
+@pytest.fixture
+def random_map():
+    return make_random_map
 
 
 @pytest.fixture

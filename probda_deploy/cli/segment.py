@@ -158,6 +158,10 @@ def _summary(report, note: str) -> None:
     if objects:
         table.add_row("objects", f"{sum(r.objects.count for r in objects)} in {len(objects)} image(s), "
                                  f"{sum(r.objects.uncertain for r in objects)} flagged uncertain (mean consensus < 0.5)")
+        inexact = sum(r.objects.inexact for r in objects)
+        if inexact:
+            table.add_row("warning", f"[yellow]{inexact} objects lie in clumps larger than the instance window and may "
+                                     "differ from a whole-image run (exact = 0 in NAME_objects.csv)[/]")
     out.print(table)
     if any(r.objects.count for r in objects):
         out.print(_least_certain_table(objects))

@@ -8,8 +8,15 @@ radius find them, but also cut rings and fragments into arcs. So the scaled
 seeds only split an object into pieces that are each at least `split` of the
 median object's area (benchmarks/RESULTS.md, "Instance seeds"). Objects larger
 than 10 px in radius also get the h-maxima seeds scaled up with them, so the
-same nuclei imaged at a higher magnification split alike. Numpy, scipy and
-scikit-image only (no torch).
+same nuclei imaged at a higher magnification split alike.
+
+Every step looks at one clump of the mask at a time (`clumps`): the h-maxima
+start from 0 around each clump, and each component is flooded on its own, so
+ties between equal heights are broken by its pixels alone. Ids run in raster
+order of each object's first pixel. Any window that holds a clump whole
+(`cut_sides`) therefore labels it exactly as the whole image does, which is
+what makes the blockwise labelling of OME-Zarr outputs (zarr_instances.py)
+equal the whole-image one. Numpy, scipy and scikit-image only (no torch).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from ..files import atomic_path
 # the finer seeds (`split`): sigma and h as fractions of the objects' typical inscribed radius
 SIGMA_PER_RADIUS = 0.12
 HEIGHT_PER_RADIUS = 0.04
-OBJECT_COLUMNS = ("id", "centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain")
+TRUNCATE = 4.0  # the Gaussian kernel reaches int(TRUNCATE * sigma + 0.5) px (scipy's rule)
+OBJECT_COLUMNS = ("id", "centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain", "exact")
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,9 @@ class InstanceConfig:
         fraction of the median object area; 0 = h-maxima seeds only.
     disagree: objects whose mean consensus is below this are flagged `uncertain`.
     block_halo: context (px) around each block when an OME-Zarr output is labelled block by block
-        (zarr_instances.py): clumps of touching objects that fit in it get the ids of a one-piece run.
+        (zarr_instances.py); a block's window grows beyond it until the clumps touching the block are whole.
+    max_window: the largest side (px) a block's window may grow to; objects of clumps larger than
+        that are labelled from the largest window and flagged `exact` = 0.
     """
 
     threshold: float = 0.5
@@ -60,6 +70,7 @@ class InstanceConfig:
     split: float = 0.6
     disagree: float = 0.5
     block_halo: int = 64
+    max_window: int = 4096
 
     def check(self) -> None:
         """Raises ValueError naming the first value out of range (by its command-line option where it has one)."""
@@ -73,8 +84,9 @@ class InstanceConfig:
             raise ValueError(f"--split {self.split}: must be >= 0 (a fraction of the median object area; 0 = off)")
         if self.reference_radius < 0:
             raise ValueError(f"instance reference radius {self.reference_radius} must be >= 0 px (0 = seeds never scaled)")
-        if self.sigma < 0 or self.block_halo < 1:
-            raise ValueError(f"instance sigma {self.sigma} must be >= 0 and block halo {self.block_halo} >= 1")
+        if self.sigma < 0 or self.block_halo < 1 or self.max_window < 1:
+            raise ValueError(f"instance sigma {self.sigma} must be >= 0, block halo {self.block_halo} and max window "
+                             f"{self.max_window} >= 1")
 
 
 def instance_config(threshold: float = 0.5, seed_height: float = InstanceConfig.seed_height,
@@ -96,9 +108,10 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
                        boundary: np.ndarray | None = None, scale: tuple[float, float] | None = None) -> np.ndarray:
     """One id per object: (H, W) mean probability -> (H, W) uint16 labels (uint32 above 65535 objects), 0 = background.
 
-    With the boundary map of a boundary model, the distance transform is taken of the mask with the
-    predicted boundaries (>= 0.5) cut out, so touching objects that the foreground fills between get
-    one seed each; the watershed still floods the whole mask.
+    Ids run 1..n in raster order of each object's first pixel. With the boundary map of a boundary
+    model, the distance transform is taken of the mask with the predicted boundaries (>= 0.5) cut out,
+    so touching objects that the foreground fills between get one seed each; the watershed still
+    floods the whole mask.
 
     Args:
         scale: (typical radius, median object area): the scale of the seeds and of `cfg.split`; None:
@@ -110,11 +123,61 @@ def separate_instances(prob: np.ndarray, cfg: InstanceConfig = InstanceConfig(),
     return split_and_number(*seedings(prob, cfg, boundary, radius), cfg, area)
 
 
+def seed_scales(cfg: InstanceConfig, radius: float) -> list[tuple[float, float]]:
+    """(sigma, h) of the h-maxima seeding and, with `cfg.split`, of the finer seeding scaled to `radius`."""
+    grow = max(1.0, radius / cfg.reference_radius) if cfg.reference_radius > 0 else 1.0
+    scales = [(cfg.sigma * grow, cfg.seed_height * grow)]
+    if cfg.split > 0 and radius > 0:
+        scales.append((SIGMA_PER_RADIUS * radius, max(HEIGHT_PER_RADIUS * radius, 0.1)))
+    return scales
+
+
+def reach(sigma: float) -> int:
+    """How far (px) the smoothing of the distance transform carries a mask pixel: scipy's kernel radius."""
+    return int(TRUNCATE * sigma + 0.5) if sigma > 0 else 0
+
+
+def seed_reach(cfg: InstanceConfig, radius: float) -> int:
+    """How far (px) the seeds of one clump of the mask can see: the largest `reach` of `seed_scales`."""
+    return max(reach(sigma) for sigma, _ in seed_scales(cfg, radius))
+
+
+def clumps(mask: np.ndarray, grow: int) -> np.ndarray:
+    """The clumps of a mask: its 8-connected pieces after growing it by a (2 grow + 1) px square; int32 ids.
+
+    With grow = `seed_reach`, `seedings` labels each clump from the clump's own pixels alone: the
+    smoothed distance transform of a clump is made of its own pixels, is 0 around it (the sea), and
+    the h-maxima, the fallback seeds and the flooding never look across the sea.
+    """
+    if grow > 0:
+        mask = ndimage.maximum_filter(mask, size=2 * grow + 1, mode="constant")
+    return ndimage.label(mask, structure=np.ones((3, 3), bool))[0]
+
+
+def cut_sides(labels: np.ndarray, ids: np.ndarray, window: tuple[int, int, int, int], shape: tuple[int, int],
+              grow: int) -> np.ndarray:
+    """(n, 4) bool: which sides (top, bottom, left, right) of a window of an image of `shape` cut each clump
+    in `ids` (of `clumps(mask, grow)` on the window); a clump no side cuts is whole in the window and the
+    window labels it as the whole image does.
+
+    A window side that is not an image side cuts a clump nearer than grow + 1 px: a mask pixel beyond
+    the window could join the clump, or be seen by its smoothing.
+    """
+    found = ndimage.find_objects(labels)
+    boxes = np.array([[found[i - 1][0].start, found[i - 1][0].stop, found[i - 1][1].start, found[i - 1][1].stop]
+                      for i in ids], np.int64).reshape(-1, 4)
+    (y0, y1, x0, x1), (h, w), m = window, labels.shape, grow + 1
+    return np.stack([(boxes[:, 0] < m) & (y0 > 0), (boxes[:, 1] > h - m) & (y1 < shape[0]),
+                     (boxes[:, 2] < m) & (x0 > 0), (boxes[:, 3] > w - m) & (x1 < shape[1])], axis=1)
+
+
 def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None = None,
              radius: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(mask, h-maxima objects, objects of the seeds scaled to `radius` or None without `cfg.split`).
 
     radius: the objects' typical radius (None: measured on this mask, when the settings need it).
+    Each clump (`clumps`) is labelled from its own pixels alone, so any window that holds a clump
+    whole (`cut_sides`) labels it as the whole image does.
     """
     mask = prob >= cfg.threshold
     if not mask.any():
@@ -124,57 +187,109 @@ def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None 
     if radius is None:
         scaled = cfg.split > 0 or cfg.reference_radius > 0
         radius = typical(component_radii(mask, cfg.min_size, dist=whole)) if scaled else 0.0
-    grow = max(1.0, radius / cfg.reference_radius) if cfg.reference_radius > 0 else 1.0
-    labels = _watershed(mask, dist, cfg.sigma * grow, cfg.seed_height * grow, cfg.min_size)
-    fine = None
-    if cfg.split > 0 and radius > 0:
-        fine = _watershed(mask, dist, SIGMA_PER_RADIUS * radius, max(HEIGHT_PER_RADIUS * radius, 0.1), cfg.min_size)
-    return mask, labels, fine
+    components, _ = ndimage.label(mask)
+    out = [_watershed(mask, components, dist, sigma, height, cfg.min_size) for sigma, height in seed_scales(cfg, radius)]
+    return mask, out[0], out[1] if len(out) > 1 else None
 
 
-def split_and_number(mask: np.ndarray | None, labels: np.ndarray, fine: np.ndarray | None, cfg: InstanceConfig,
-                     area: float | None = None) -> np.ndarray:
-    """The h-maxima objects of `seedings` split by its finer seeding (`split_objects`), renumbered 1..n
-    as uint16 (uint32 above 65535 objects).
-
-    area: the median object area (None: measured on `mask` and `labels`).
-    """
-    from skimage.segmentation import relabel_sequential
-
-    if fine is not None:
-        area = typical(object_areas(mask, labels, cfg.min_size)) if area is None else area
-        if area > 0:
-            labels = split_objects(labels, fine, cfg.split * area)
-    labels = relabel_sequential(labels)[0]
-    return labels.astype(np.uint16 if labels.max() < 65535 else np.uint32)
-
-
-def _watershed(mask: np.ndarray, dist: np.ndarray, sigma: float, height: float, min_size: int) -> np.ndarray:
+def _watershed(mask: np.ndarray, components: np.ndarray, dist: np.ndarray, sigma: float, height: float,
+               min_size: int) -> np.ndarray:
     """Watershed of the mask from the h-maxima of the smoothed distance transform (one seed at least per component)."""
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
-
     if sigma > 0:
-        dist = ndimage.gaussian_filter(dist, sigma)
-    seeds = h_maxima(dist, height).astype(bool) & mask
+        dist = ndimage.gaussian_filter(dist, sigma, truncate=TRUNCATE)
+    seeds = _h_maxima(dist, height) & mask
     markers, n = ndimage.label(seeds)
-    components, n_comp = ndimage.label(mask)
-    unseeded = np.setdiff1d(np.arange(1, n_comp + 1), components[seeds])
+    unseeded = np.setdiff1d(np.arange(1, int(components.max()) + 1), components[seeds])
     if unseeded.size:  # components too flat for an h-maximum get a seed at their deepest point
         peaks = ndimage.maximum_position(dist, components, unseeded)
         for i, (y, x) in enumerate(peaks):
             markers[y, x] = n + 1 + i
-    labels = watershed(-dist, markers, mask=mask)
+    labels = _flood(dist, markers, components)
     if min_size > 0:
         sizes = np.bincount(labels.ravel())
         small = np.flatnonzero(sizes < min_size)
         small = small[small > 0]
         if small.size:  # flood again without the small seeds: fragments join a neighbour, lone specks vanish
+            again = np.unique(components[np.isin(labels, small)])
             markers[np.isin(labels, small)] = 0
-            labels = watershed(-dist, markers, mask=mask)
+            labels = _flood(dist, markers, components, only=again, labels=labels)
             sizes = np.bincount(labels.ravel())
             labels[np.isin(labels, np.flatnonzero(sizes < min_size))] = 0
     return labels
+
+
+def _h_maxima(height_map: np.ndarray, h: float) -> np.ndarray:
+    """The h-maxima of a non-negative map, each clump's from its own pixels: where the map is 0, the
+    reconstruction starts at 0 rather than at -h, as if a peak higher than h stood beyond every clump
+    (skimage's `h_maxima` on an image that holds one; without one it would depend on the rest of the image)."""
+    from skimage.morphology import reconstruction
+
+    land = height_map > 0
+    jitter = 2 * np.finfo(height_map.dtype).resolution * np.abs(height_map)  # as skimage: rounding never makes a maximum
+    marker = np.where(land, height_map - h - jitter, 0.0)
+    return (height_map - reconstruction(marker, height_map, method="dilation")) >= h
+
+
+def _flood(height_map: np.ndarray, markers: np.ndarray, components: np.ndarray, *, only: np.ndarray | None = None,
+           labels: np.ndarray | None = None) -> np.ndarray:
+    """Watershed of -height_map from `markers` in each component of the mask, each on its own: a component
+    with one marker is that marker's; one with several is flooded in its bounding box alone, so ties between
+    equal heights are broken by its pixels only, never by the rest of the image.
+
+    only: the components to flood (others keep their ids in `labels`).
+    """
+    from skimage.segmentation import watershed
+
+    out = np.zeros(markers.shape, np.int32) if labels is None else labels.copy()
+    seeded = markers > 0
+    pairs = np.unique(np.stack([components[seeded], markers[seeded]]).astype(np.int64), axis=1)
+    if only is not None:
+        out[np.isin(components, only)] = 0
+        pairs = pairs[:, np.isin(pairs[0], only)]
+    comps, counts = np.unique(pairs[0], return_counts=True)
+    lut = np.zeros(int(components.max()) + 1, np.int64)
+    single = np.isin(pairs[0], comps[counts == 1])
+    lut[pairs[0, single]] = pairs[1, single]
+    inside = lut[components] > 0
+    out[inside] = lut[components[inside]]
+    boxes = ndimage.find_objects(components)
+    for c in comps[counts > 1]:
+        sl = boxes[c - 1]
+        region = components[sl] == c
+        part = watershed(-height_map[sl], np.where(region, markers[sl], 0), mask=region)
+        out[sl][region] = part[region]
+    return out
+
+
+def split_and_number(mask: np.ndarray | None, labels: np.ndarray, fine: np.ndarray | None, cfg: InstanceConfig,
+                     area: float | None = None) -> np.ndarray:
+    """The h-maxima objects of `seedings` split by its finer seeding (`split_objects`), numbered 1..n in
+    raster order of their first pixels (`number_in_raster_order`).
+
+    area: the median object area (None: measured on `mask` and `labels`).
+    """
+    if fine is not None:
+        area = typical(object_areas(mask, labels, cfg.min_size)) if area is None else area
+        if area > 0:
+            labels = split_objects(labels, fine, cfg.split * area)
+    return number_in_raster_order(labels)
+
+
+def first_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids > 0 ascending, the flat index of each id's first pixel in raster order)."""
+    flat = labels.ravel()
+    at = np.flatnonzero(flat)
+    ids, first = np.unique(flat[at], return_index=True)
+    return ids, at[first]
+
+
+def number_in_raster_order(labels: np.ndarray) -> np.ndarray:
+    """Ids 1..n in raster order of each object's first pixel, uint16 (uint32 above 65535 objects): a
+    numbering that any block holding the objects whole can reproduce."""
+    ids, first = first_pixels(labels)
+    lut = np.zeros(int(labels.max()) + 1, np.uint32)
+    lut[ids[np.argsort(first)]] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    return lut[labels].astype(np.uint16 if len(ids) < 65535 else np.uint32)
 
 
 def typical(values: np.ndarray) -> float:
@@ -188,30 +303,29 @@ def component_radii(mask: np.ndarray, min_size: int = 0, core: tuple[slice, slic
 
     Touching objects share a component but keep about one object's radius, so the median is the
     objects' typical radius. Components under `min_size` px do not count. With `core`, only those
-    whose deepest point (first in row-major order) lies in it: blocks of a larger image that see
-    each component whole count it once. `dist`: the mask's distance transform, if already computed.
+    whose first pixel (raster order) lies in it: blocks of a larger image that see each component
+    whole count it once. `dist`: the mask's distance transform, if already computed.
     """
-    return _per_region(mask, ndimage.label(mask)[0], min_size, core, radii=True, dist=dist)
+    if dist is None:
+        dist = ndimage.distance_transform_edt(mask)
+    return _per_region(ndimage.label(mask)[0], min_size, core, dist)
 
 
 def object_areas(mask: np.ndarray, labels: np.ndarray, min_size: int = 0, core: tuple[slice, slice] | None = None) -> np.ndarray:
     """The areas (px) of the objects of `labels` (at least `min_size`); `core` as in `component_radii`."""
-    return _per_region(mask, labels, min_size, core, radii=False)
+    return _per_region(labels, min_size, core)
 
 
-def _per_region(mask, regions, min_size, core, *, radii: bool, dist: np.ndarray | None = None) -> np.ndarray:
-    index = np.arange(1, int(regions.max()) + 1)
-    if index.size == 0:
-        return np.zeros(0)
-    if dist is None and (radii or core is not None):
-        dist = ndimage.distance_transform_edt(mask)
-    sizes = np.bincount(regions.ravel(), minlength=index.size + 1)[1:]
+def _per_region(regions: np.ndarray, min_size: int, core: tuple[slice, slice] | None,
+                dist: np.ndarray | None = None) -> np.ndarray:
+    """Per region of at least `min_size` px (first pixel in `core`): its max of `dist`, or its area without `dist`."""
+    ids, first = first_pixels(regions)
+    sizes = np.bincount(regions.ravel())[ids]
     keep = sizes >= max(min_size, 1)
     if core is not None:
-        at = np.asarray(ndimage.maximum_position(dist, regions, index)).reshape(-1, 2)
-        for axis, sl in enumerate(core):
-            keep &= (at[:, axis] >= sl.start) & (at[:, axis] < sl.stop)
-    values = np.asarray(ndimage.maximum(dist, regions, index), np.float64) if radii else sizes.astype(np.float64)
+        for at, sl in zip(np.unravel_index(first, regions.shape), core):
+            keep &= (at >= sl.start) & (at < sl.stop)
+    values = sizes.astype(np.float64) if dist is None else np.asarray(ndimage.maximum(dist, regions, ids), np.float64)
     return values[keep]
 
 
@@ -246,7 +360,8 @@ def split_objects(coarse: np.ndarray, fine: np.ndarray, min_area: float) -> np.n
 
 
 def object_table(labels: np.ndarray, maps: dict[str, np.ndarray], *, disagree: float = 0.5) -> list[dict]:
-    """One row per object: id, centroid (y, x), area (px), mean prob / consensus / std, uncertain flag.
+    """One row per object: id, centroid (y, x), area (px), mean prob / consensus / std, uncertain flag, exact
+    (always true for a whole image; see `zarr_instances.label_blocks` for blocks).
 
     Args:
         labels: (H, W) instance ids, 0 = background.
@@ -290,15 +405,17 @@ def merge_sums(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return ids, sums
 
 
-def iter_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5, planes: np.ndarray | None = None) -> Iterator[dict]:
+def iter_rows(ids: np.ndarray, sums: np.ndarray, *, disagree: float = 0.5, planes: np.ndarray | None = None,
+              exact: np.ndarray | None = None) -> Iterator[dict]:
     """Rows of the object table (see `object_table`) from per-object sums, one at a time (a whole slide's table is
-    written without holding a dict per object); `planes`: each object's slice `z` (stacks)."""
+    written without holding a dict per object); `planes`: each object's slice `z` (stacks); `exact`: per object,
+    whether it is the whole-image run's (default: all)."""
     for j, i in enumerate(ids):
         a = sums[j, 0]
         m = sums[j] / max(a, 1)
         row = {"id": int(i), "centroid_y": float(m[1]), "centroid_x": float(m[2]), "area": int(a),
                "mean_prob": float(m[3]), "mean_consensus": float(m[4]), "mean_std": float(m[5]),
-               "uncertain": bool(m[4] < disagree)}
+               "uncertain": bool(m[4] < disagree), "exact": True if exact is None else bool(exact[j])}
         yield row if planes is None else {"z": int(planes[j]), **row}
 
 
@@ -307,25 +424,28 @@ LEAST_CERTAIN = 10  # objects a summary lists: per image, per batch (`probda seg
 
 @dataclass(frozen=True)
 class ObjectSummary:
-    """What a report says of an image's objects: how many, how many flagged `uncertain`, the least certain rows."""
+    """What a report says of an image's objects: how many, how many flagged `uncertain`, the least certain rows,
+    how many are not `exact` (blockwise outputs with clumps larger than the window)."""
 
     count: int
     uncertain: int
     least_certain: tuple[dict, ...]
+    inexact: int = 0
 
 
 def summarize_objects(rows: Iterable[dict], n: int = LEAST_CERTAIN) -> ObjectSummary:
     """Count the rows (a list or a stream) and keep the n least certain (`least_certain`), in one pass."""
-    counts = [0, 0]
+    counts = [0, 0, 0]
 
     def counted():
         for r in rows:
             counts[0] += 1
             counts[1] += int(r["uncertain"])
+            counts[2] += int(not r.get("exact", True))
             yield r
 
     least = least_certain(counted(), n)
-    return ObjectSummary(counts[0], counts[1], tuple(least))
+    return ObjectSummary(counts[0], counts[1], tuple(least), counts[2])
 
 
 def least_certain(rows: Iterable[dict], n: int = LEAST_CERTAIN) -> list[dict]:

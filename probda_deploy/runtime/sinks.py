@@ -257,9 +257,9 @@ class ZarrSink:
             self._writer = None
         if self.layout.instances:
             cfg = self.instances or InstanceConfig(threshold=self.threshold)
-            ids, sums, planes = label_blocks(self.partial, self.layout, cfg, executor=executor, table=self.objects is not None)
+            found = label_blocks(self.partial, self.layout, cfg, executor=executor, table=self.objects is not None)
             if self.objects is not None:  # streamed from the per-object sums: no dict per object is held
-                write_object_csv(self.objects, iter_rows(ids, sums, disagree=cfg.disagree, planes=planes),
-                                 stack=planes is not None)
-                self.object_summary = summarize_objects(iter_rows(ids, sums, disagree=cfg.disagree, planes=planes))
+                rows = lambda: iter_rows(found.ids, found.sums, disagree=cfg.disagree, planes=found.planes, exact=found.exact)
+                write_object_csv(self.objects, rows(), stack=found.planes is not None)
+                self.object_summary = summarize_objects(rows())
         return oz.finalize(self.partial, self.final)

@@ -1,49 +1,71 @@
-"""Instances of an OME-Zarr output, block by block: one id per object across block borders, bounded memory.
+"""Instances of an OME-Zarr output, block by block: the ids of the whole-image run, in bounded memory.
 
-    rows = label_blocks(partial, layout, InstanceConfig(threshold=0.5), executor=executor)
+    objects = label_blocks(partial, layout, InstanceConfig(threshold=0.5), executor=executor)
+
+Why it is exact: `instances.seedings` labels each clump from its own pixels
+alone, a clump being a connected piece (8-neighbours) of the mask grown by
+the reach of the seeds' smoothing (`instances.seed_reach`). So a block whose
+window holds whole every clump that touches its core labels its core exactly
+as the whole image is labelled, and a block knows each of its objects' first
+pixel in the image, a name that every block gives the same object.
 
 Runs in `ZarrSink.finish`, once every block of prob/consensus/std is written,
-as passes of tasks over the output's chunk grid (any executor, any order):
+as passes of tasks over the output's chunk grid (any executor, any order).
+Every task reads its core + `block_halo` and grows the window (doubling it
+on the sides where a clump is cut) until every clump touching the core is
+whole, up to `max_window` px a side:
 0. scale: each block returns the inscribed radii of the mask components whose
-   deepest point lies in its core, then (with `InstanceConfig.split`) the areas
+   first pixel lies in its core, then (with `InstanceConfig.split`) the areas
    of its h-maxima objects at the plane's radius; their medians per plane are
    what the TIFF path measures on the whole plane (`instances.typical`). The
-   second pass keeps each window's two seedings in CACHE for the label pass.
-1. label: each block reads its prob window (core + `block_halo`), runs the same
-   `separate_instances` as the TIFF path, and writes the core's ids, numbered
-   1..n within the block, to `labels/instances/0`. It returns its n and, for
-   each inner border, the ids on both sides of it: its own outermost core
-   row/column, and the row/column just beyond the core as its window saw them.
-2. merge (here, O(objects) memory): an object crossing a border is seen by
-   both blocks' windows, so the two numberings meet pixel by pixel on the
-   border rows; every such pair is joined (scipy's connected components on
-   the pair graph) and the components, in block order, are the global ids.
-   Joining every pair means an object is never cut at a block border; two
-   objects are merged only where the two windows split a clump differently.
+   second pass keeps each window's seedings in CACHE for the label pass.
+1. label: each block splits and numbers its window's objects as the TIFF path
+   does and writes its core's ids, 1..n within the block, to
+   `labels/instances/0`; it returns each id's first pixel in the image.
+2. number (here, O(objects) memory): the objects of a plane are numbered in
+   raster order of their first pixels, as `instances.number_in_raster_order`
+   numbers the whole image, so the ids equal the TIFF path's.
 3. relabel: each block maps its ids to global ones, writes every pyramid level
    and returns its per-object sums for the table (`instances.object_sums`).
-When every clump of touching objects fits in core + block_halo, the ids equal
-those of `separate_instances` on the whole image, up to numbering.
+A clump still cut at `max_window` is labelled from the largest window; its
+objects are flagged `exact` = 0 in the table, and every object of a plane is
+if such a clump decided the plane's typical object size.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import ome_zarr as oz
 from .executors import LocalExecutor
-from .instances import (SUMS, InstanceConfig, component_radii, merge_sums, object_areas, object_sums, seedings,
-                        separate_instances, split_and_number, typical)
+from .instances import (SUMS, InstanceConfig, clumps, component_radii, first_pixels, merge_sums, object_areas,
+                        object_sums, seed_reach, seedings, split_and_number, typical, cut_sides)
 from .tiling import Tile, plan_tiles
 
 log = logging.getLogger(__name__)
 
-SIDES = {"bottom": "top", "right": "left"}  # the two borders a block shares with a later block
 CACHE = ".instances-seedings"  # folder in the partial output: each window's seedings, from the scale pass to the label pass
+
+
+@dataclass(frozen=True)
+class BlockObjects:
+    """The objects of a blockwise labelling: ids ascending, their `object_sums`, plane and exactness.
+
+    ids: (n,) uint64; sums: (n, 6) float64 (columns `instances.SUMS`); planes: (n,) slice of each object
+    (None for 2D); exact: (n,) bool, False where a clump larger than `max_window` may have changed the object.
+    n = 0 when no table was asked for; `inexact` counts the objects not exact either way.
+    """
+
+    ids: np.ndarray
+    sums: np.ndarray
+    planes: np.ndarray | None
+    exact: np.ndarray
+    inexact: int = 0
 
 
 def block_grid(layout: oz.ZarrLayout, halo: int) -> list[Tile]:
@@ -52,82 +74,136 @@ def block_grid(layout: oz.ZarrLayout, halo: int) -> list[Tile]:
 
 
 def label_blocks(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, *, executor=None,
-                 table: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Write `labels/instances` (all levels) of the output at `path` and return its object table.
+                 table: bool = True) -> BlockObjects:
+    """Write `labels/instances` (all levels) of the output at `path` and return its objects.
 
     Args:
         path: the (partial) output, prob (+ consensus, std) written.
         layout: its layout (`layout.instances` set).
-        cfg: instance settings (threshold, seeds, min size, block halo).
+        cfg: instance settings (threshold, seeds, min size, block halo, max window).
         executor: runs the block tasks (default: LocalExecutor).
-        table: also compute the per-object rows (needs the consensus and std channels).
-
-    Returns:
-        (ids (n,), sums (n, 6), planes (n,) or None for 2D) of the objects, ids ascending (see
-        `instances.object_sums`; `instances.iter_rows` turns them into table rows); n = 0 without `table`.
+        table: also compute the per-object sums (needs the consensus and std channels).
     """
     cfg.check()
     executor = executor or LocalExecutor()
     tiles = block_grid(layout, cfg.block_halo)
     planes = [None] if len(layout.shape) == 2 else list(range(layout.shape[0]))
     keys = [(z, i) for z in planes for i in range(len(tiles))]
-    scales = {z: None for z in planes}
+    scales, cut_scale = {z: None for z in planes}, {z: 0 for z in planes}
     if cfg.split > 0 or cfg.reference_radius > 0:  # each plane's typical object first, as the TIFF path measures it
         radii = _per_plane(executor, radius_task, [(path, layout, cfg, k[0], tiles[k[1]]) for k in keys], keys, planes)
-        scales = {z: (radii[z], 0.0) for z in planes}
+        scales = {z: (radii[z][0], 0.0) for z in planes}
+        cut_scale = {z: radii[z][1] for z in planes}
         if cfg.split > 0:
             areas = _per_plane(executor, area_task, [(path, layout, cfg, k[0], tiles[k[1]], scales[k[0]]) for k in keys], keys, planes)
-            scales = {z: (radii[z], areas[z]) for z in planes}
+            scales = {z: (radii[z][0], areas[z][0]) for z in planes}
+            cut_scale = {z: cut_scale[z] + areas[z][1] for z in planes}
     try:
         found = dict(executor.run(label_task, [(_name(k), (path, layout, cfg, k[0], tiles[k[1]], scales[k[0]])) for k in keys]))
     finally:
         shutil.rmtree(Path(path) / CACHE, ignore_errors=True)
-    luts = merge_borders(tiles, {k: found[_name(k)] for k in keys})
+    luts, exact, counts = number_objects({k: found[_name(k)] for k in keys}, planes, cut_scale)
+    inexact = int((~exact).sum())
+    if inexact:
+        log.warning("%s: %d objects lie in clumps larger than %d px (or decided a plane's object size) and may "
+                    "differ from a whole-image run", path, inexact, cfg.max_window)
     jobs = [(_name(k), (path, layout, k[0], tiles[k[1]], luts[k], table)) for k in keys]
     parts = dict(executor.run(relabel_task, jobs))
     ids, sums = merge_sums([parts[_name(k)] for k in keys])
-    log.info("%s: %d objects in %d blocks", path, len(ids), len(keys))
-    if planes[0] is None:
-        return ids, sums, None
-    ends = np.maximum.accumulate([max((int(luts[k].max()) for k in keys if k[0] == z), default=0) for z in planes])
-    return ids, sums, np.searchsorted(ends, ids, side="left")  # ids of plane z are (ends[z-1], ends[z]]
+    log.info("%s: %d objects in %d blocks", path, len(exact), len(keys))
+    at = ids.astype(np.int64) - 1
+    obj_planes = None if planes[0] is None else np.searchsorted(np.cumsum(counts), at, side="right")
+    return BlockObjects(ids, sums, obj_planes, exact[at], inexact)
 
 
 def _name(key: tuple[int | None, int]) -> str:
     return f"{key[0] or 0}_{key[1]}"
 
 
-def _read(path: Path, layout: oz.ZarrLayout, z: int | None, tile: Tile, mode: str = "r"):
-    """(zarr root, prob window, boundary window or None) of one block."""
+def _read(path: Path, layout: oz.ZarrLayout, z: int | None, window: tuple[int, int, int, int]):
+    """(prob window, boundary window or None) of one block."""
     import zarr
 
-    root = zarr.open_group(str(path), mode=mode)
-    boundary = oz.read_region(root, layout, "boundary", z=z, region=tile.window) if "boundary" in layout.channels else None
-    return root, oz.read_region(root, layout, "prob", z=z, region=tile.window), boundary
+    root = zarr.open_group(str(path), mode="r")
+    boundary = oz.read_region(root, layout, "boundary", z=z, region=window) if "boundary" in layout.channels else None
+    return oz.read_region(root, layout, "prob", z=z, region=window), boundary
+
+
+@dataclass(frozen=True)
+class Window:
+    """A block's grown window: bounds (y0, y1, x0, x1) in the image, its prob (and boundary) values, the
+    core's slices in it, and `cut`: the pixels of clumps still cut at `max_window` (None when all are whole)."""
+
+    bounds: tuple[int, int, int, int]
+    prob: np.ndarray
+    boundary: np.ndarray | None
+    core: tuple[slice, slice]
+    cut: np.ndarray | None
+    cut_clumps: int = 0
+
+
+def whole_window(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
+                 grow: int) -> Window:
+    """The block's window, grown until every clump (`instances.clumps(mask, grow)`) touching its core is whole
+    in it (`instances.cut_sides`), or `cfg.max_window` is hit."""
+    shape = layout.shape[-2:]
+    bounds = tile.window
+    while True:
+        y0, y1, x0, x1 = bounds
+        prob, boundary = _read(path, layout, z, bounds)
+        labels = clumps(prob >= cfg.threshold, grow)
+        core = (slice(tile.core[0] - y0, tile.core[1] - y0), slice(tile.core[2] - x0, tile.core[3] - x0))
+        ids = np.unique(labels[core])
+        ids = ids[ids > 0]
+        sides = cut_sides(labels, ids, bounds, shape, grow)
+        cut = sides.any(axis=1)
+        if not cut.any():
+            return Window(bounds, prob, boundary, core, None)
+        bigger = _grow(bounds, sides.any(axis=0), shape, cfg)
+        if bigger == bounds:
+            return Window(bounds, prob, boundary, core, np.isin(labels, ids[cut]), int(cut.sum()))
+        bounds = bigger
+
+
+def _grow(bounds: tuple[int, int, int, int], sides: list[bool], shape: tuple[int, int], cfg: InstanceConfig):
+    """`bounds` moved out on the cut `sides` (top, bottom, left, right) by max(block_halo, the window's
+    size along that axis), clipped to the image and to `cfg.max_window` px a side."""
+    out = list(bounds)
+    for axis in (0, 1):
+        lo, hi = out[2 * axis], out[2 * axis + 1]
+        room = cfg.max_window - (hi - lo)
+        step = max(cfg.block_halo, hi - lo)
+        up = min(step, lo, room) if sides[2 * axis] else 0
+        down = min(step, shape[axis] - hi, room - up) if sides[2 * axis + 1] else 0
+        out[2 * axis], out[2 * axis + 1] = lo - max(up, 0), hi + max(down, 0)
+    return tuple(out)
 
 
 def _per_plane(executor, task, args: list[tuple], keys: list[tuple], planes: list) -> dict:
-    """{plane: the median of the values that `task` returns for the plane's blocks}."""
+    """{plane: (the median of the values that `task` returns for the plane's blocks, clumps cut)}."""
     parts = dict(executor.run(task, [(_name(k), a) for k, a in zip(keys, args)]))
-    return {z: typical(np.concatenate([parts[_name(k)] for k in keys if k[0] == z])) for z in planes}
+    return {z: (typical(np.concatenate([parts[_name(k)][0] for k in keys if k[0] == z])),
+                sum(parts[_name(k)][1] for k in keys if k[0] == z)) for z in planes}
 
 
-def radius_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> np.ndarray:
-    """The inscribed radii of the mask components of one block's window whose deepest point is in its core."""
-    _, prob, _ = _read(path, layout, z, tile)
-    return component_radii(prob >= cfg.threshold, cfg.min_size, core=tile.core_in_window())
+def radius_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> tuple[np.ndarray, int]:
+    """(the inscribed radii of the mask components whose first pixel is in the block's core, clumps cut)."""
+    win = whole_window(path, layout, cfg, z, tile, grow=0)
+    return component_radii(win.prob >= cfg.threshold, cfg.min_size, core=win.core), win.cut_clumps
 
 
 def area_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
-              scale: tuple[float, float]) -> np.ndarray:
-    """The areas of the h-maxima objects (seeds at the plane's radius) of one block's window whose deepest
-    point is in its core; the window's two seedings go to CACHE for `label_task`."""
-    _, prob, boundary = _read(path, layout, z, tile)
-    mask, coarse, fine = seedings(prob, cfg, boundary, scale[0])
+              scale: tuple[float, float]) -> tuple[np.ndarray, int]:
+    """(the areas of the h-maxima objects (seeds at the plane's radius) whose first pixel is in the block's
+    core, clumps cut); the window's seedings go to CACHE for `label_task`."""
+    win = whole_window(path, layout, cfg, z, tile, grow=seed_reach(cfg, scale[0]))
+    mask, coarse, fine = seedings(win.prob, cfg, win.boundary, scale[0])
     if fine is not None:
         (Path(path) / CACHE).mkdir(exist_ok=True)
-        np.savez_compressed(_cached(path, z, tile), coarse=coarse, fine=fine)
-    return object_areas(mask, coarse, cfg.min_size, core=tile.core_in_window())
+        cut = np.zeros(0, bool) if win.cut is None else win.cut
+        np.savez_compressed(_cached(path, z, tile), bounds=np.array(win.bounds), coarse=coarse, fine=fine, cut=cut,
+                            cut_clumps=win.cut_clumps)
+    return object_areas(mask, coarse, cfg.min_size, core=win.core), win.cut_clumps
 
 
 def _cached(path: Path, z: int | None, tile: Tile) -> Path:
@@ -135,74 +211,60 @@ def _cached(path: Path, z: int | None, tile: Tile) -> Path:
 
 
 def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
-               scale: tuple[float, float] | None = None) -> tuple[int, dict]:
-    """Label one block from its prob window (and boundary window); write its core's ids (1..n) at level 0.
+               scale: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Label one block from its whole window; write its core's ids (1..n) at level 0.
 
     Returns:
-        (n, {side: (ids on the core's outermost row/column, ids just beyond it)}) for each side
-        with a neighbour ("top", "bottom", "left", "right"); ids outside the core are 0.
+        (first (n,) int64: each id's first pixel as a flat index into the plane, exact (n,) bool).
     """
     import zarr
 
     cached = _cached(path, z, tile)
     if scale is not None and cached.exists():  # the scale pass's seedings of this window: only the split is left
         with np.load(cached) as seeds:
+            bounds, cut = tuple(int(v) for v in seeds["bounds"]), seeds["cut"]
             window = split_and_number(None, seeds["coarse"], seeds["fine"], cfg, scale[1])
-        root = zarr.open_group(str(path), mode="r+")
+        cut = cut if cut.size else None
     else:
-        root, prob, boundary = _read(path, layout, z, tile, mode="r+")
-        window = separate_instances(prob, cfg, boundary, scale)
-    ys, xs = tile.core_in_window()
-    ids = np.unique(window[ys, xs])
-    ids = ids[ids > 0]
+        radius = scale[0] if scale is not None else 0.0
+        win = whole_window(path, layout, cfg, z, tile, grow=seed_reach(cfg, radius))
+        bounds, cut = win.bounds, win.cut
+        window = split_and_number(*seedings(win.prob, cfg, win.boundary, radius), cfg, scale[1] if scale else None)
+    y0, _, x0, _ = bounds
+    ys, xs = slice(tile.core[0] - y0, tile.core[1] - y0), slice(tile.core[2] - x0, tile.core[3] - x0)
+    ids, first = first_pixels(window)
+    here = np.isin(ids, window[ys, xs])
+    ids, first = ids[here], first[here]
     lut = np.zeros(int(window.max()) + 1, np.uint32)
     lut[ids] = np.arange(1, len(ids) + 1)
-    local = lut[window]
-    (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) = tile.core, tile.window
-    oz.write_label(root, layout, "instances", origin=_origin(z, tile), block=local[ys, xs], levels=1)
-    r0, r1, c0, c1 = y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0  # core bounds in window coordinates
-    faces = {}
-    if y0 > wy0:
-        faces["top"] = (local[r0, c0:c1], local[r0 - 1, c0:c1])
-    if y1 < wy1:
-        faces["bottom"] = (local[r1 - 1, c0:c1], local[r1, c0:c1])
-    if x0 > wx0:
-        faces["left"] = (local[r0:r1, c0], local[r0:r1, c0 - 1])
-    if x1 < wx1:
-        faces["right"] = (local[r0:r1, c1 - 1], local[r0:r1, c1])
-    return len(ids), faces
+    root = zarr.open_group(str(path), mode="r+")
+    oz.write_label(root, layout, "instances", origin=_origin(z, tile), block=lut[window[ys, xs]], levels=1)
+    fy, fx = np.unravel_index(first, window.shape)
+    exact = np.ones(len(ids), bool) if cut is None else ~np.isin(ids, window[cut])
+    return (fy + y0) * layout.shape[-1] + (fx + x0), exact
 
 
-def merge_borders(tiles: list[Tile], found: dict[tuple, tuple[int, dict]]) -> dict[tuple, np.ndarray]:
-    """{block key: lut (n + 1,) uint32 from the block's ids to global ids}; blocks of one plane only meet each other."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def number_objects(found: dict[tuple, tuple[np.ndarray, np.ndarray]], planes: list,
+                   cut_scale: dict) -> tuple[dict[tuple, np.ndarray], np.ndarray, list[int]]:
+    """({block key: lut (n + 1,) uint32 from the block's ids to global ids}, exact (N,) bool per global id - 1,
+    the number of objects per plane).
 
-    keys = list(found)
-    counts = np.array([found[k][0] for k in keys], np.int64)
-    offsets = dict(zip(keys, np.concatenate([[0], np.cumsum(counts)[:-1]])))
-    at = {(t.core[0], t.core[2]): i for i, t in enumerate(tiles)}
-    u, v = [], []
-    for z, i in keys:
-        y0, y1, x0, x1 = tiles[i].core
-        for side, start in (("bottom", (y1, x0)), ("right", (y0, x1))):
-            if side not in found[(z, i)][1] or start not in at:
-                continue
-            j = at[start]
-            inside, beyond = found[(z, i)][1][side]
-            other_inside, other_beyond = found[(z, j)][1][SIDES[side]]
-            for a, b in ((beyond, other_inside), (inside, other_beyond)):  # the same pixels, seen by both blocks
-                both = (a > 0) & (b > 0)
-                u.append(offsets[(z, i)] + a[both].astype(np.int64) - 1)
-                v.append(offsets[(z, j)] + b[both].astype(np.int64) - 1)
-    total = int(counts.sum())
-    u = np.concatenate(u) if u else np.zeros(0, np.int64)
-    v = np.concatenate(v) if v else np.zeros(0, np.int64)
-    _, comp = connected_components(coo_matrix((np.ones(len(u)), (u, v)), shape=(total, total)), directed=False)
-    _, first = np.unique(comp, return_index=True)  # number components by their first node: ids follow block order
-    rank = np.empty(len(first), np.uint32)
-    rank[np.argsort(first)] = np.arange(1, len(first) + 1)
-    return {k: np.concatenate([[0], rank[comp[offsets[k]: offsets[k] + found[k][0]]]]).astype(np.uint32) for k in keys}
+    A plane's objects are numbered in raster order of their first pixels, after the previous planes' objects;
+    an object is exact when every block that holds part of it says so and its plane's scale was measured
+    on whole clumps.
+    """
+    luts, exact, offset = {}, [], 0
+    for z in planes:
+        keys = [k for k in found if k[0] == z]
+        names = np.unique(np.concatenate([found[k][0] for k in keys]))
+        ok = np.full(len(names), cut_scale[z] == 0)
+        for k in keys:
+            at = np.searchsorted(names, found[k][0])
+            ok[at[~found[k][1]]] = False
+            luts[k] = np.concatenate([[0], offset + at + 1]).astype(np.uint32)
+        exact.append(ok)
+        offset += len(names)
+    return luts, np.concatenate(exact), [len(e) for e in exact]
 
 
 def relabel_task(path: Path, layout: oz.ZarrLayout, z: int | None, tile: Tile, lut: np.ndarray,

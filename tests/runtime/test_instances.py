@@ -7,8 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from probda_deploy.runtime.instances import (OBJECT_COLUMNS, InstanceConfig, least_certain, object_table,
-                                             separate_instances, summarize_objects, write_object_csv)
+from probda_deploy.runtime.instances import (OBJECT_COLUMNS, InstanceConfig, clumps, component_radii, cut_sides,
+                                             least_certain, object_areas, object_table, seed_reach, seedings,
+                                             separate_instances, summarize_objects, typical, write_object_csv)
 
 
 def _ellipse(shape, cy, cx, ry, rx):
@@ -110,7 +111,7 @@ def test_object_table_matches_a_hand_computation(tmp_path):
     read = list(csv.DictReader(open(path)))
     assert tuple(read[0]) == OBJECT_COLUMNS
     assert read[1] == {"id": "2", "centroid_y": "2.0000", "centroid_x": "4.0000", "area": "3", "mean_prob": "0.1000",
-                       "mean_consensus": "0.2500", "mean_std": "0.3000", "uncertain": "1"}
+                       "mean_consensus": "0.2500", "mean_std": "0.3000", "uncertain": "1", "exact": "1"}
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -151,3 +152,35 @@ def test_seeds_grow_with_objects_larger_than_the_reference_radius():
     assert separate_instances(small).max() == separate_instances(small, fixed).max() == 12  # radius ~11: seeds grown by ~1.1x, the same objects
     grown, not_grown = separate_instances(large).max(), separate_instances(large, fixed).max()
     assert not_grown >= 16 and grown <= 14  # 1 px seeds cut the rough outlines of large blobs; grown ones far less
+
+
+@pytest.mark.parametrize("kind", ["clumps", "corners", "plateaus", "noise"])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_window_labels_every_clump_it_holds_whole_as_the_whole_image(random_map, kind, seed):
+    """The property that makes blockwise labelling exact: any window, however it cuts the map, gives each clump
+    it holds whole (`cut_sides`) the whole image's objects, with the whole image's scale."""
+    rng = np.random.default_rng(10 + seed)
+    prob = random_map(kind, rng, shape=(120, 144), sparse=True)
+    boundary = np.clip(rng.random(prob.shape) * 1.3, 0, 1).astype(np.float32) if seed % 3 == 2 else None
+    cfg = InstanceConfig(min_size=int(rng.integers(0, 20)), split=float(rng.choice([0.0, 0.6])))
+    mask, coarse, _ = seedings(prob, cfg, boundary)
+    radius = typical(component_radii(mask, cfg.min_size))
+    scale = (radius, typical(object_areas(mask, coarse, cfg.min_size)))
+    whole = separate_instances(prob, cfg, boundary)
+    grow = seed_reach(cfg, radius)
+    held = cut = 0
+    for _ in range(20):
+        y0, x0 = rng.integers(0, prob.shape[0] - 60), rng.integers(0, prob.shape[1] - 60)
+        y1, x1 = rng.integers(y0 + 60, prob.shape[0] + 1), rng.integers(x0 + 60, prob.shape[1] + 1)
+        win = (slice(y0, y1), slice(x0, x1))
+        labels = separate_instances(prob[win], cfg, None if boundary is None else boundary[win], scale)
+        pieces = clumps(prob[win] >= cfg.threshold, grow)
+        ids = np.unique(pieces)[1:]
+        whole_ids = ids[~cut_sides(pieces, ids, (y0, y1, x0, x1), prob.shape, grow).any(axis=1)]
+        inside = np.isin(pieces, whole_ids)
+        held, cut = held + len(whole_ids), cut + len(ids) - len(whole_ids)
+        a, b = whole[win][inside].astype(np.int64), labels[inside].astype(np.int64)
+        pairs = np.unique(np.stack([a, b]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], "not the same objects"
+        assert not np.isin(b[b > 0], labels[~inside]).any()  # the objects of whole clumps lie in them whole
+    assert held > 0 and cut > 0, (held, cut)  # the windows held clumps whole and cut others

@@ -254,7 +254,10 @@ def test_preview_of_an_ome_zarr_output_comes_from_memory(sampler, tmp_path, monk
 
 
 def test_instances_and_object_table_equal_the_tiff_path(sampler, tmp_path):
-    """The same image as TIFF (whole-image watershed) and as OME-Zarr in 64 px blocks: the same objects, the same rows."""
+    """The same image as TIFF (whole-image watershed) and as OME-Zarr in 64 px blocks: the same ids, the same rows.
+
+    The random test model calls most of this image foreground: one clump spans every block, so each block's
+    window grows to the whole image (zarr_instances.py)."""
     import csv
 
     img = synthetic(np.arange(150), np.arange(170))
@@ -266,15 +269,16 @@ def test_instances_and_object_table_equal_the_tiff_path(sampler, tmp_path):
     assert rz.outputs == (tmp_path / "zarr" / "obj.ome.zarr", tmp_path / "zarr" / "obj_objects.csv")
     root = zarr.open_group(str(rz.outputs[0]), mode="r")
     assert root["labels/instances/0"].chunks == (64, 64) and root["labels/instances/0"].dtype == np.uint32
-    a, b = tifffile.imread(tmp_path / "tif" / "obj_instances.tif"), root["labels/instances/0"][:]
     np.testing.assert_array_equal(root["0"][0], tifffile.imread(tmp_path / "tif" / "obj_prob.tif"))
-    pairs = np.unique(np.stack([a.ravel().astype(np.int64), b.ravel()]), axis=1)
-    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]  # a relabelling: one id per object
-    assert rt.objects.count == rz.objects.count == int(a.max()) > 3 and rt.objects.uncertain == rz.objects.uncertain
-    key = ("centroid_y", "centroid_x", "area", "mean_prob", "mean_consensus", "mean_std", "uncertain")
-    rows = [sorted(tuple(r[k] for k in key) for r in csv.DictReader(open(p)))
-            for p in (tmp_path / "tif" / "obj_objects.csv", rz.outputs[1])]
-    assert rows[0] == rows[1]
+    tiff_ids = tifffile.imread(tmp_path / "tif" / "obj_instances.tif")
+    np.testing.assert_array_equal(root["labels/instances/0"][:], tiff_ids)  # ids in raster order on both paths
+    assert rt.objects.count == rz.objects.count == int(tiff_ids.max()) > 3 and rt.objects.uncertain == rz.objects.uncertain
+    assert rz.objects.inexact == 0
+    tables = [list(csv.DictReader(open(p))) for p in (tmp_path / "tif" / "obj_objects.csv", rz.outputs[1])]
+    exact = ("id", "area", "uncertain", "exact")
+    assert [[r[k] for k in exact] for r in tables[0]] == [[r[k] for k in exact] for r in tables[1]]
+    for a, b in zip(*tables):  # 4 decimals; the blocks add their per-object sums in another order than the whole image
+        assert {k: float(v) for k, v in a.items()} == pytest.approx({k: float(v) for k, v in b.items()}, abs=1.5e-4)
     order = lambda r: (round(float(r["mean_consensus"]), 4), -round(float(r["mean_std"]), 4))  # the CSV keeps 4 decimals
-    assert [order(r) for r in rz.objects.least_certain] == sorted(order(r) for r in csv.DictReader(open(rz.outputs[1])))[:10]
+    assert [order(r) for r in rz.objects.least_certain] == sorted(order(r) for r in tables[1])[:10]
     assert dict(root.attrs)["probda"]["settings"]["instances"] is True
