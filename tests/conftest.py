@@ -137,6 +137,26 @@ def random_map():
     return make_random_map
 
 
+def assert_maps_close(got: dict, want: dict, *, atol: float, keys=("prob", "consensus", "std"), flips: float = 1e-3):
+    """Maps of two computations that agree to float precision only (other tile shapes, backends or op order):
+    prob and std within `atol`; consensus (and mask) equal except on at most a `flips` fraction of the
+    pixels (and 1 pixel), where a sample or the mean lies within float noise of a threshold (0.1, 0.5, 0.9)
+    and counts on the other side on this CPU."""
+    for key in keys:
+        a, b = np.asarray(got[key]), np.asarray(want[key])
+        assert a.shape == b.shape, key
+        if key in ("consensus", "mask"):
+            differ = int((a != b).sum())
+            assert differ <= max(1, flips * a.size), f"{key}: {differ} of {a.size} pixels differ"
+        else:
+            np.testing.assert_allclose(a, b, atol=atol, rtol=0, err_msg=key)
+
+
+@pytest.fixture
+def maps_close():
+    return assert_maps_close
+
+
 @pytest.fixture
 def write_tif():
     def write(path, array):

@@ -41,10 +41,12 @@ def test_evaluate_writes_csv_and_json_with_correct_values(tiny_checkpoint, data,
         image, label = read_image(images / row["name"]), read_label(labels / row["name"])
         eps = latent_eps(0, row["name"], 4, model.config.latent_dim)[:, None, :]
         maps = predict_maps(model, image, k=4, eps=eps)
-        assert float(row["dice_hard"]) == pytest.approx(metrics.dice_hard(maps["prob"], label), abs=1e-6)
+        # the engine reduces the samples in numpy, predict_maps in torch: a pixel within float noise of 0.5 (or of
+        # 0.1 / 0.9 for the consensus) may fall on the other side, moving these by ~1e-3 on a 48 px image
+        assert float(row["dice_hard"]) == pytest.approx(metrics.dice_hard(maps["prob"], label), abs=2e-3)
         assert float(row["dice_soft"]) == pytest.approx(metrics.dice_soft(maps["prob"], label), abs=1e-6)
-        assert float(row["iou"]) == pytest.approx(metrics.iou(maps["prob"], label), abs=1e-6)
-        assert float(row["mean_consensus"]) == pytest.approx(maps["consensus"].mean(), abs=1e-6)
+        assert float(row["iou"]) == pytest.approx(metrics.iou(maps["prob"], label), abs=2e-3)
+        assert float(row["mean_consensus"]) == pytest.approx(maps["consensus"].mean(), abs=1e-3)
         dice.append(float(row["dice_hard"]))
     assert summary["mean_dice_hard"] == pytest.approx(np.mean(dice))
 

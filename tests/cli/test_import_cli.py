@@ -48,7 +48,7 @@ def test_import_prints_config_and_writes_probda_checkpoint(tmp_path):
     model = model_from_checkpoint(ckpt)
     x, z = torch.randn(1, 1, 20, 28), torch.randn(1, 3)
     with torch.no_grad():
-        torch.testing.assert_close(model(x, z), student.eval()(x, z), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(x, z), student.eval()(x, z), atol=1e-5, rtol=1e-5)  # float32 sums in another order
 
 
 def test_import_defaults_to_teacher(tmp_path):

@@ -92,8 +92,8 @@ def test_format_ome_zarr_and_resume(export, tmp_path):
 
 
 def test_workers_equal_single_process(export, folder, tmp_path):
-    _invoke(export, "-i", folder, "-o", tmp_path / "one", "-k", 2, "--quiet")
-    text = _invoke(export, "-i", folder, "-o", tmp_path / "two", "-k", 2, "--workers", 2)
+    _invoke(export, "-i", folder, "-o", tmp_path / "one", "-k", 2, "--threads", 1, "--quiet")  # the workers run 1 thread each: the same kernels
+    text = _invoke(export, "-i", folder, "-o", tmp_path / "two", "-k", 2, "--workers", 2, "--threads", 1)
     assert "LocalCluster, 2 workers" in text
     _same(tmp_path / "one", tmp_path / "two")
 
@@ -119,7 +119,7 @@ def test_existing_scheduler_on_loopback(export, folder, tmp_path):
         address = _wait_for(info)["address"]
         worker = subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _invoke(export, "-i", folder, "-o", tmp_path / "one", "-k", 2, "--quiet")
+        _invoke(export, "-i", folder, "-o", tmp_path / "one", "-k", 2, "--threads", 1, "--quiet")
         text = _invoke(export, "-i", folder, "-o", tmp_path / "remote", "-k", 2, "--scheduler", address, "--threads", 1)
         assert f"dask: {address}" in text
         _same(tmp_path / "one", tmp_path / "remote")

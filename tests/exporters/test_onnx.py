@@ -51,7 +51,7 @@ def test_export_folder_and_manifest(punet_export, punet_ckpt):
     assert not list(punet_export.glob("*.data")), "graphs must be self-contained (external_data=False)"
 
 
-def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt):
+def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt, maps_close):
     model = model_from_checkpoint(punet_ckpt)
     sampler = OnnxSampler(punet_export, device="cpu")
     rng = np.random.default_rng(3)
@@ -60,9 +60,8 @@ def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt):
     maps = [sampler.predict(x[b], eps=eps[:, b], tile=None, normalize="none") for b in range(2)]
     got = {key: np.stack([m[key] for m in maps]) for key in ("prob", "consensus", "std")}
     ref = _torch_maps(model, x, eps)
-    for key in ("prob", "consensus", "std"):
-        assert got[key].shape == (2, 37, 45)
-        np.testing.assert_allclose(got[key], ref[key], atol=1e-4, err_msg=key)
+    assert got["prob"].shape == (2, 37, 45)
+    maps_close(got, ref, atol=1e-4)  # onnxruntime against torch: float precision, not bits
     assert ref["std"].max() > 1e-3, "samples must differ for the std test to mean anything"
 
 
@@ -122,7 +121,8 @@ def test_unet_exports_as_one_graph(unet_export):
         ref = torch.sigmoid(model(torch.from_numpy(img)[None, None]))[0, 0].numpy()
     np.testing.assert_allclose(got["prob"], ref, atol=1e-4)
     assert np.all(got["std"] == 0)
-    np.testing.assert_array_equal(got["consensus"], np.where(ref >= 0.5, ref >= 0.9, ref <= 0.1).astype(np.float32))
+    prob = got["prob"]  # the consensus is computed from the runtime's own prob, bit for bit
+    np.testing.assert_array_equal(got["consensus"], np.where(prob >= 0.5, prob >= 0.9, prob <= 0.1).astype(np.float32))
 
 
 def test_cached_export_is_reused(punet_ckpt, punet_export):

@@ -116,8 +116,8 @@ def test_local_norm_tiles_exactly(exported):
     whole = sampler.predict(image, eps=eps, tile=None)
     tiled = sampler.predict(image, eps=eps, tile=32)
     assert len(sampler.plan(image.shape, tile=32)) == 25
-    for key in ("prob", "std"):
-        np.testing.assert_allclose(tiled[key], whole[key], atol=1e-5, rtol=0)
+    for key in ("prob", "std"):  # windows of other shapes: float precision, not bits
+        np.testing.assert_allclose(tiled[key], whole[key], atol=1e-4, rtol=0)
 
 
 def test_instance_norm_model_runs_on_whole_images_only(exported, tmp_path):

@@ -70,7 +70,7 @@ def test_a_boundary_model_from_train_to_segment_adapt_and_evaluate(source_data, 
     group = zarr.open_group(str(zout / f"{name}.ome.zarr"), mode="r")
     channels = [c["label"] for c in group.attrs["omero"]["channels"]]
     assert channels[-1] == "boundary"  # the instance pass needs it, so it is stored
-    np.testing.assert_allclose(group["0"][channels.index("boundary")], boundary, atol=1e-5)
+    np.testing.assert_allclose(group["0"][channels.index("boundary")], boundary, atol=1e-4)  # tiled: other window shapes
 
     r = runner.invoke(app, ["segment", str(run / "latest.pt"), "-i", str(target_data[0]), "-o", str(tmp_path / "u"),
                             "--outputs", "boundary"])
