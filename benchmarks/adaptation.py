@@ -187,9 +187,11 @@ def main() -> None:
                 lost = "?" if regret is None else f"{regret:.4f}"
                 print(f"  seed {seed} {shift} {name}: dice {dice:.3f} ({change:+.3f}), verdict {verdict}, "
                       f"validation dice lost by the label-free pick: {lost}, {time.perf_counter() - t:.0f}s", flush=True)
+    from machine import describe_cpu
+
     print(f"\n{n} source / {n} target train images and {max(2, n // 2)} target test images of {size}x{size} per seed; "
           f"seeds {args.seeds}; source {it_src} it, adaptation {it_ad} it (patch 96, batch 4); "
-          f"PUNet {args.punet}; "
+          f"PUNet {args.punet}; CPU {describe_cpu(torch.get_num_threads())}; "
           f"total {time.perf_counter() - t_all:.0f}s\n")
     names = ["Otsu threshold", "UNet source", "PUNet source", *rows]
     _print_table(args.shifts, results, pre, names)

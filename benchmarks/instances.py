@@ -1,5 +1,6 @@
 """Instance separation: object F1@0.5 of `separate_instances` over its settings.
 
+    python benchmarks/instances.py --blockwise [SIZE ...] [--chunk 1024]
     python benchmarks/instances.py [--splits 0.35 0.5] [--heights 1 0.75 0.5 0.3] [--sigmas 0.5 1 1.5 2]
         [--scaled 0.12:0.04 ...] [--real IMAGES LABELS [MODEL ...]] ...
 
@@ -74,7 +75,17 @@ def main() -> None:
     ap.add_argument("--scaled", nargs="*", default=[], metavar="A:B", help="more (sigma, h) per px of radius to try")
     ap.add_argument("--real", nargs="+", action="append", metavar="PATH",
                     help="IMAGES LABELS [MODEL ...]: a labeled image or folders of them, and models to predict masks (repeatable)")
+    ap.add_argument("--blockwise", type=int, nargs="*", metavar="SIZE",
+                    help="instead: time the OME-Zarr blockwise labelling of a SIZE^2 mosaic of synthetic masks against the "
+                         "whole-image one and check that the ids are equal (default sizes 2048 3072)")
+    ap.add_argument("--chunk", type=int, default=1024, help="--blockwise: the OME-Zarr chunk (block) size")
     args = ap.parse_args()
+    from machine import describe_cpu
+
+    print(f"CPU: {describe_cpu()}")
+    if args.blockwise is not None:
+        blockwise(args.blockwise or [2048, 3072], args.chunk)
+        return
     if any(len(r) < 2 for r in args.real or []):
         ap.error("--real needs IMAGES LABELS and optionally models")
     data = cases(args.real)
@@ -95,6 +106,44 @@ def main() -> None:
     for ab in args.scaled:
         a, b = (float(v) for v in ab.split(":"))
         show(f"scaled {ab}", scores(data, lambda m: scaled(typical_radius(m), a, b)))
+
+
+def blockwise(sizes: list[int], chunk: int) -> None:
+    """Seconds of `separate_instances` on a whole mosaic and of `label_blocks` on it as an OME-Zarr output
+    (LocalExecutor, the instance pass of `probda segment --format ome-zarr`), and whether the ids are equal."""
+    import tempfile
+    import time
+
+    import zarr
+
+    from probda_deploy.runtime import ome_zarr as oz
+    from probda_deploy.runtime.zarr_instances import block_grid, label_blocks
+
+    print(f"blockwise labelling: mosaics of 512 px synthetic masks (domains {', '.join(SYNTHETIC)}), {chunk} px blocks")
+    print("| size | objects | whole image (s) | blockwise (s) | blockwise / whole | ids equal |")
+    print("|---|---|---|---|---|---|")
+    rng = np.random.default_rng(5)
+    for size in sizes:
+        n = -(-size // 512)
+        tiles = [[make_nuclei(rng, (512, 512), style=DOMAINS[SYNTHETIC[(i + j) % 4]])[1] > 0 for j in range(n)] for i in range(n)]
+        prob = np.where(np.block(tiles)[:size, :size], 0.9, 0.1).astype(np.float32)
+        t = time.perf_counter()
+        whole = separate_instances(prob)
+        t_whole = time.perf_counter() - t
+        with tempfile.TemporaryDirectory() as tmp:
+            layout = oz.ZarrLayout(shape=prob.shape, chunk=chunk, levels=1, channels=oz.FLOAT_CHANNELS, mask=True, instances=True)
+            path = Path(tmp) / "m.ome.zarr.partial"
+            oz.create_output(path, layout, metadata={})
+            for i, tile in enumerate(block_grid(layout, 0)):
+                y0, y1, x0, x1 = tile.core
+                block = {"prob": prob[y0:y1, x0:x1], "consensus": np.ones((y1 - y0, x1 - x0), np.float32),
+                         "std": np.zeros((y1 - y0, x1 - x0), np.float32)}
+                oz.write_block(path, layout, key=f"b{i}", origin=(y0, x0), maps={**block, "mask": (block["prob"] >= 0.5).astype(np.uint8)})
+            t = time.perf_counter()
+            label_blocks(path, layout, InstanceConfig())
+            t_blocks = time.perf_counter() - t
+            equal = bool(np.array_equal(zarr.open_group(str(path), mode="r")["labels/instances/0"][:], whole))
+        print(f"| {size}^2 | {int(whole.max())} | {t_whole:.1f} | {t_blocks:.1f} | {t_blocks / t_whole:.2f} | {equal} |", flush=True)
 
 
 def typical_radius(mask: np.ndarray) -> float:

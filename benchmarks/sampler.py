@@ -280,7 +280,9 @@ def probda_child(folder: str, size: int, threads: int, repeats: int) -> None:
 
 
 def report_torch_em(r: dict, args, threads: int) -> None:
-    print(f"\n## torch-em vs probda on the same imported weights: {args.size}x{args.size}, CPU, {threads} threads\n")
+    from machine import describe_cpu
+
+    print(f"\n## torch-em vs probda on the same imported weights: {args.size}x{args.size}, CPU {describe_cpu(threads)}\n")
     print("| model | torch-em eager: forward + 16 x sample() | probda ONNX sampler K=16 | speed-up |")
     print("|---|---|---|---|")
     print(f"| torch-em ProbabilisticUNet [16, 32, 64, 128], InstanceNorm, latent 6 | {r['torch_em_k16']:.2f} s | "
@@ -289,8 +291,10 @@ def report_torch_em(r: dict, args, threads: int) -> None:
 
 
 def report(rows: list[dict], ceiling: dict, args, threads: int) -> None:
+    from machine import describe_cpu
+
     best_gemm = max(ceiling.values())
-    print(f"\n## Runtime sampler benchmark: {args.size}x{args.size}, CPU, {threads} threads for every engine\n")
+    print(f"\n## Runtime sampler benchmark: {args.size}x{args.size}, CPU {describe_cpu(threads)} for every engine\n")
     print("GEMM ceiling (2048^3 float32): " + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items()) + f" GFLOP/s -> ceiling {best_gemm:.1f}\n")
     print("| config | K=1 | K=4 | K=16 | K=32 | naive K=4 | naive K=16 | torch eager K=16 | channels_last K=16 | torch.compile K=16 |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -115,9 +115,13 @@ def bench_workers(export: Path, root: Path, files: int, size: int, samples: int)
 
 
 def table(big: dict, untiled: dict, workers: dict, args) -> str:
+    from machine import describe_cpu
+
     ratio = big["px_per_s"] / untiled["px_per_s"]
     speedup = workers[2]["images_per_s"] / workers[1]["images_per_s"]
     rows = [
+        f"CPU: {describe_cpu()} (onnxruntime's own; the Dask rows: 1 thread per worker)",
+        "",
         "| measurement | value | target |",
         "|---|---|---|",
         f"| {args.size}x{args.size} OME-Zarr run, tiles {args.tile}, K={args.samples}: peak RSS | {big['peak_rss_mb']:.0f} MB | <= 1536 MB |",

@@ -15,7 +15,6 @@ number measures the batch machinery (I/O, sessions, per-file buffers), not the n
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -91,6 +90,8 @@ def rss_at(samples: list[tuple[int, float]], done: int) -> float:
 
 
 def main() -> None:
+    from machine import describe_cpu  # here, not at the top: tests/robustness/test_soak.py loads this file by path
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--size", type=int, default=96)
@@ -110,7 +111,7 @@ def main() -> None:
     lines = [
         f"soak: {args.images} images of {args.size}x{args.size} px, K={args.samples}, punet-small (16 features), "
         f"one process, TIFF outputs; exit code {rc}, {n_out} images segmented in {seconds:.0f} s "
-        f"({args.images / seconds:.1f} images/s); {os.cpu_count()} CPUs",
+        f"({args.images / seconds:.1f} images/s); CPU {describe_cpu()}",
         "",
         "| images done | RSS (MB) |",
         "|---|---|",

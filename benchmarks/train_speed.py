@@ -339,7 +339,9 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
 
 
 def print_profile(rows, args) -> None:
-    print(f"\n## Where probda's step time goes: batch {args.batch}, {args.patch} px, {args.threads} threads (median ms)\n")
+    from machine import describe_cpu
+
+    print(f"\n## Where probda's step time goes: batch {args.batch}, {args.patch} px, CPU {describe_cpu(args.threads)} (median ms)\n")
     kinds = ("source", "mt-ema", "mt")
     scopes = {"source": ("source", "both"), "mt-ema": ("mt-ema", "mts", "both"), "mt": ("mt", "mts", "both")}
     print("| part | source step | Mean Teacher step, `--teacher ema` | Mean Teacher step, default (source teacher) |")
@@ -418,7 +420,10 @@ def main() -> None:
         say(f"CLI: probda train / adapt, {args.cli} iterations")
         c = cli_times(args)
         n = args.cli - 2
-        print(f"\n## The real commands, {args.batch} x {args.patch} px, {args.cli} iterations (minus a 2-iteration run)\n")
+        from machine import describe_cpu
+
+        print(f"\n## The real commands, {args.batch} x {args.patch} px, {args.cli} iterations (minus a 2-iteration run), "
+              f"CPU {describe_cpu()}\n")
         print(f"| command | wall, {args.cli} it | wall, 2 it | s/it (difference) |")
         print("|---|---|---|---|")
         for model in PROBDA_VARIANTS:
@@ -428,8 +433,10 @@ def main() -> None:
 
 
 def report(runs: dict, args) -> None:
+    from machine import describe_cpu
+
     first = runs["punet-small"][0]
-    print(f"\n## Step time: batch {args.batch}, {args.patch} px, {args.threads} threads, torch {first['torch']}, "
+    print(f"\n## Step time: batch {args.batch}, {args.patch} px, CPU {describe_cpu(args.threads)}, torch {first['torch']}, "
           f"{args.rounds} rounds x {args.steps} steps (median)\n")
     print("| step | engine | s/it | speed-up vs torch-em | GFLOP/step | GFLOP/s | GFLOP/s vs torch-em |")
     print("|---|---|---|---|---|---|---|")

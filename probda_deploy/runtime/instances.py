@@ -10,13 +10,14 @@ median object's area (benchmarks/RESULTS.md, "Instance seeds"). Objects larger
 than 10 px in radius also get the h-maxima seeds scaled up with them, so the
 same nuclei imaged at a higher magnification split alike.
 
-Every step looks at one clump of the mask at a time (`clumps`): the h-maxima
-start from 0 around each clump, and each component is flooded on its own, so
-ties between equal heights are broken by its pixels alone. Ids run in raster
-order of each object's first pixel. Any window that holds a clump whole
-(`cut_sides`) therefore labels it exactly as the whole image does, which is
-what makes the blockwise labelling of OME-Zarr outputs (zarr_instances.py)
-equal the whole-image one. Numpy, scipy and scikit-image only (no torch).
+Each connected component of the mask is seeded and flooded on its own, in
+its bounding box grown by the smoothing's reach (`_watershed`): its seeds come
+from its own pixels only, and ties between equal heights are broken by them
+alone. Ids run in raster order of each object's first pixel. Any window that
+holds a component whole, with that room around it (`cut_sides`), therefore
+labels it exactly as the whole image does, which is what makes the blockwise
+labelling of OME-Zarr outputs (zarr_instances.py) equal the whole-image one.
+Numpy, scipy and scikit-image only (no torch).
 """
 
 from __future__ import annotations
@@ -138,35 +139,23 @@ def reach(sigma: float) -> int:
 
 
 def seed_reach(cfg: InstanceConfig, radius: float) -> int:
-    """How far (px) the seeds of one clump of the mask can see: the largest `reach` of `seed_scales`."""
+    """How far (px) beyond a component of the mask its seeding looks: the largest `reach` of `seed_scales`."""
     return max(reach(sigma) for sigma, _ in seed_scales(cfg, radius))
 
 
-def clumps(mask: np.ndarray, grow: int) -> np.ndarray:
-    """The clumps of a mask: its 8-connected pieces after growing it by a (2 grow + 1) px square; int32 ids.
+def cut_sides(components: np.ndarray, ids: np.ndarray, window: tuple[int, int, int, int], shape: tuple[int, int],
+              reach_px: int) -> np.ndarray:
+    """(n, 4) bool: which sides (top, bottom, left, right) of a window of an image of `shape` cut each of the
+    connected components `ids` of the mask (`ndimage.label` on the window); a component no side cuts is
+    whole in the window with the room its seeding needs, and the window labels it as the whole image does.
 
-    With grow = `seed_reach`, `seedings` labels each clump from the clump's own pixels alone: the
-    smoothed distance transform of a clump is made of its own pixels, is 0 around it (the sea), and
-    the h-maxima, the fallback seeds and the flooding never look across the sea.
+    A window side that is not an image side cuts a component nearer than reach_px + 1 px (`seed_reach`):
+    the component could go on beyond it, or its seeding's box (`seedings`) would not fit.
     """
-    if grow > 0:
-        mask = ndimage.maximum_filter(mask, size=2 * grow + 1, mode="constant")
-    return ndimage.label(mask, structure=np.ones((3, 3), bool))[0]
-
-
-def cut_sides(labels: np.ndarray, ids: np.ndarray, window: tuple[int, int, int, int], shape: tuple[int, int],
-              grow: int) -> np.ndarray:
-    """(n, 4) bool: which sides (top, bottom, left, right) of a window of an image of `shape` cut each clump
-    in `ids` (of `clumps(mask, grow)` on the window); a clump no side cuts is whole in the window and the
-    window labels it as the whole image does.
-
-    A window side that is not an image side cuts a clump nearer than grow + 1 px: a mask pixel beyond
-    the window could join the clump, or be seen by its smoothing.
-    """
-    found = ndimage.find_objects(labels)
+    found = ndimage.find_objects(components)
     boxes = np.array([[found[i - 1][0].start, found[i - 1][0].stop, found[i - 1][1].start, found[i - 1][1].stop]
                       for i in ids], np.int64).reshape(-1, 4)
-    (y0, y1, x0, x1), (h, w), m = window, labels.shape, grow + 1
+    (y0, y1, x0, x1), (h, w), m = window, components.shape, reach_px + 1
     return np.stack([(boxes[:, 0] < m) & (y0 > 0), (boxes[:, 1] > h - m) & (y1 < shape[0]),
                      (boxes[:, 2] < m) & (x0 > 0), (boxes[:, 3] > w - m) & (x1 < shape[1])], axis=1)
 
@@ -176,8 +165,8 @@ def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None 
     """(mask, h-maxima objects, objects of the seeds scaled to `radius` or None without `cfg.split`).
 
     radius: the objects' typical radius (None: measured on this mask, when the settings need it).
-    Each clump (`clumps`) is labelled from its own pixels alone, so any window that holds a clump
-    whole (`cut_sides`) labels it as the whole image does.
+    Each connected component of the mask is seeded from its own pixels alone, so any window that
+    holds a component whole with room for its seeding (`cut_sides`) labels it as the whole image does.
     """
     mask = prob >= cfg.threshold
     if not mask.any():
@@ -188,40 +177,51 @@ def seedings(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None 
         scaled = cfg.split > 0 or cfg.reference_radius > 0
         radius = typical(component_radii(mask, cfg.min_size, dist=whole)) if scaled else 0.0
     components, _ = ndimage.label(mask)
-    out = [_watershed(mask, components, dist, sigma, height, cfg.min_size) for sigma, height in seed_scales(cfg, radius)]
+    boxes = ndimage.find_objects(components)
+    out = [_watershed(components, boxes, dist, sigma, height, cfg.min_size) for sigma, height in seed_scales(cfg, radius)]
     return mask, out[0], out[1] if len(out) > 1 else None
 
 
-def _watershed(mask: np.ndarray, components: np.ndarray, dist: np.ndarray, sigma: float, height: float,
+def _watershed(components: np.ndarray, boxes: list, dist: np.ndarray, sigma: float, height: float,
                min_size: int) -> np.ndarray:
-    """Watershed of the mask from the h-maxima of the smoothed distance transform (one seed at least per component)."""
+    """Objects of every component of the mask, each seeded and flooded on its own in its bounding box grown
+    by the smoothing's reach + 1 px (clipped to the image), with only its own distance transform in it:
+    its neighbours never shift its seeds or break its ties."""
+    out = np.zeros(components.shape, np.int32)
+    room, (h, w), nxt = reach(sigma) + 1, components.shape, 0
+    for c, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        crop = (slice(max(box[0].start - room, 0), min(box[0].stop + room, h)),
+                slice(max(box[1].start - room, 0), min(box[1].stop + room, w)))
+        own = components[crop] == c
+        labels = _seed_and_flood(np.where(own, dist[crop], 0.0), own, sigma, height, min_size)
+        out[crop][own] = np.where(labels[own] > 0, labels[own] + nxt, 0)
+        nxt += int(labels.max())
+    return out
+
+
+def _seed_and_flood(dist: np.ndarray, own: np.ndarray, sigma: float, height: float, min_size: int) -> np.ndarray:
+    """The watershed of one component (`own`) from the h-maxima of its smoothed distance transform, or from
+    its deepest point when it is too flat for one; pieces under `min_size` px join a neighbour or vanish."""
     if sigma > 0:
         dist = ndimage.gaussian_filter(dist, sigma, truncate=TRUNCATE)
-    seeds = _h_maxima(dist, height) & mask
-    markers, n = ndimage.label(seeds)
-    unseeded = np.setdiff1d(np.arange(1, int(components.max()) + 1), components[seeds])
-    if unseeded.size:  # components too flat for an h-maximum get a seed at their deepest point
-        peaks = ndimage.maximum_position(dist, components, unseeded)
-        for i, (y, x) in enumerate(peaks):
-            markers[y, x] = n + 1 + i
-    labels = _flood(dist, markers, components)
+    markers, n = ndimage.label(_h_maxima(dist, height) & own)
+    if n == 0:
+        markers[ndimage.maximum_position(dist, own)] = n = 1
+    labels = _flood(dist, markers, own)
     if min_size > 0:
-        sizes = np.bincount(labels.ravel())
-        small = np.flatnonzero(sizes < min_size)
-        small = small[small > 0]
+        small = np.flatnonzero(np.bincount(labels.ravel(), minlength=n + 1)[1:] < min_size) + 1
         if small.size:  # flood again without the small seeds: fragments join a neighbour, lone specks vanish
-            again = np.unique(components[np.isin(labels, small)])
-            markers[np.isin(labels, small)] = 0
-            labels = _flood(dist, markers, components, only=again, labels=labels)
-            sizes = np.bincount(labels.ravel())
-            labels[np.isin(labels, np.flatnonzero(sizes < min_size))] = 0
+            markers[np.isin(markers, small)] = 0
+            labels = _flood(dist, markers, own)
+            labels[np.isin(labels, np.flatnonzero(np.bincount(labels.ravel()) < min_size))] = 0
     return labels
 
 
 def _h_maxima(height_map: np.ndarray, h: float) -> np.ndarray:
-    """The h-maxima of a non-negative map, each clump's from its own pixels: where the map is 0, the
-    reconstruction starts at 0 rather than at -h, as if a peak higher than h stood beyond every clump
-    (skimage's `h_maxima` on an image that holds one; without one it would depend on the rest of the image)."""
+    """The h-maxima of a non-negative map: where the map is 0, the reconstruction starts at 0 rather than
+    at -h, as if a peak higher than h stood beyond (skimage's `h_maxima` on an image that holds one)."""
     from skimage.morphology import reconstruction
 
     land = height_map > 0
@@ -230,35 +230,14 @@ def _h_maxima(height_map: np.ndarray, h: float) -> np.ndarray:
     return (height_map - reconstruction(marker, height_map, method="dilation")) >= h
 
 
-def _flood(height_map: np.ndarray, markers: np.ndarray, components: np.ndarray, *, only: np.ndarray | None = None,
-           labels: np.ndarray | None = None) -> np.ndarray:
-    """Watershed of -height_map from `markers` in each component of the mask, each on its own: a component
-    with one marker is that marker's; one with several is flooded in its bounding box alone, so ties between
-    equal heights are broken by its pixels only, never by the rest of the image.
-
-    only: the components to flood (others keep their ids in `labels`).
-    """
+def _flood(height_map: np.ndarray, markers: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Watershed of -height_map from `markers` in `own` (one marker: all of `own` is its)."""
     from skimage.segmentation import watershed
 
-    out = np.zeros(markers.shape, np.int32) if labels is None else labels.copy()
-    seeded = markers > 0
-    pairs = np.unique(np.stack([components[seeded], markers[seeded]]).astype(np.int64), axis=1)
-    if only is not None:
-        out[np.isin(components, only)] = 0
-        pairs = pairs[:, np.isin(pairs[0], only)]
-    comps, counts = np.unique(pairs[0], return_counts=True)
-    lut = np.zeros(int(components.max()) + 1, np.int64)
-    single = np.isin(pairs[0], comps[counts == 1])
-    lut[pairs[0, single]] = pairs[1, single]
-    inside = lut[components] > 0
-    out[inside] = lut[components[inside]]
-    boxes = ndimage.find_objects(components)
-    for c in comps[counts > 1]:
-        sl = boxes[c - 1]
-        region = components[sl] == c
-        part = watershed(-height_map[sl], np.where(region, markers[sl], 0), mask=region)
-        out[sl][region] = part[region]
-    return out
+    ids = np.unique(markers[markers > 0])
+    if len(ids) < 2:
+        return own * (int(ids[0]) if len(ids) else 0)
+    return watershed(-height_map, markers, mask=own)
 
 
 def split_and_number(mask: np.ndarray | None, labels: np.ndarray, fine: np.ndarray | None, cfg: InstanceConfig,

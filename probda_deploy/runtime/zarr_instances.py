@@ -2,23 +2,23 @@
 
     objects = label_blocks(partial, layout, InstanceConfig(threshold=0.5), executor=executor)
 
-Why it is exact: `instances.seedings` labels each clump from its own pixels
-alone, a clump being a connected piece (8-neighbours) of the mask grown by
-the reach of the seeds' smoothing (`instances.seed_reach`). So a block whose
-window holds whole every clump that touches its core labels its core exactly
-as the whole image is labelled, and a block knows each of its objects' first
-pixel in the image, a name that every block gives the same object.
+Why it is exact: `instances.seedings` labels each clump (connected component
+of the mask: touching objects) from its own pixels alone, in its bounding box
+grown by the seeds' smoothing reach. So a block whose window holds whole,
+with that room, every clump that touches its core labels its core exactly as
+the whole image is labelled, and it knows each of its objects' first pixel in
+the image: a name that every block gives the same object.
 
 Runs in `ZarrSink.finish`, once every block of prob/consensus/std is written,
 as passes of tasks over the output's chunk grid (any executor, any order).
-Every task reads its core + `block_halo` and grows the window (doubling it
-on the sides where a clump is cut) until every clump touching the core is
-whole, up to `max_window` px a side:
-0. scale: each block returns the inscribed radii of the mask components whose
-   first pixel lies in its core, then (with `InstanceConfig.split`) the areas
-   of its h-maxima objects at the plane's radius; their medians per plane are
-   what the TIFF path measures on the whole plane (`instances.typical`). The
-   second pass keeps each window's seedings in CACHE for the label pass.
+Every task reads its core + `block_halo` and grows the window on the sides
+that cut a clump touching the core (by block_halo, doubling each time) until
+those clumps are whole, up to `max_window` px a side:
+0. scale: each block returns the inscribed radii of the clumps whose first
+   pixel lies in its core, then (with `InstanceConfig.split`) the areas of its
+   h-maxima objects at the plane's radius; their medians per plane are what the
+   TIFF path measures on the whole plane (`instances.typical`). The second
+   pass keeps each window's seedings in CACHE for the label pass.
 1. label: each block splits and numbers its window's objects as the TIFF path
    does and writes its core's ids, 1..n within the block, to
    `labels/instances/0`; it returns each id's first pixel in the image.
@@ -29,7 +29,7 @@ whole, up to `max_window` px a side:
    and returns its per-object sums for the table (`instances.object_sums`).
 A clump still cut at `max_window` is labelled from the largest window; its
 objects are flagged `exact` = 0 in the table, and every object of a plane is
-if such a clump decided the plane's typical object size.
+if such a clump entered the plane's typical object size.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from . import ome_zarr as oz
 from .executors import LocalExecutor
-from .instances import (SUMS, InstanceConfig, clumps, component_radii, first_pixels, merge_sums, object_areas,
+from .instances import (SUMS, InstanceConfig, component_radii, first_pixels, merge_sums, object_areas,
                         object_sums, seed_reach, seedings, split_and_number, typical, cut_sides)
 from .tiling import Tile, plan_tiles
 
@@ -143,36 +144,35 @@ class Window:
 
 
 def whole_window(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile,
-                 grow: int) -> Window:
-    """The block's window, grown until every clump (`instances.clumps(mask, grow)`) touching its core is whole
-    in it (`instances.cut_sides`), or `cfg.max_window` is hit."""
+                 reach_px: int) -> Window:
+    """The block's window, grown until every clump (connected component of the mask) touching its core is
+    whole in it with `reach_px` + 1 px to spare (`instances.cut_sides`), or `cfg.max_window` is hit."""
     shape = layout.shape[-2:]
-    bounds = tile.window
+    bounds, step = tile.window, cfg.block_halo
     while True:
         y0, y1, x0, x1 = bounds
         prob, boundary = _read(path, layout, z, bounds)
-        labels = clumps(prob >= cfg.threshold, grow)
+        labels = ndimage.label(prob >= cfg.threshold)[0]
         core = (slice(tile.core[0] - y0, tile.core[1] - y0), slice(tile.core[2] - x0, tile.core[3] - x0))
         ids = np.unique(labels[core])
         ids = ids[ids > 0]
-        sides = cut_sides(labels, ids, bounds, shape, grow)
+        sides = cut_sides(labels, ids, bounds, shape, reach_px)
         cut = sides.any(axis=1)
         if not cut.any():
             return Window(bounds, prob, boundary, core, None)
-        bigger = _grow(bounds, sides.any(axis=0), shape, cfg)
+        bigger = _grow(bounds, sides.any(axis=0), shape, step, cfg.max_window)
         if bigger == bounds:
             return Window(bounds, prob, boundary, core, np.isin(labels, ids[cut]), int(cut.sum()))
-        bounds = bigger
+        bounds, step = bigger, 2 * step
 
 
-def _grow(bounds: tuple[int, int, int, int], sides: list[bool], shape: tuple[int, int], cfg: InstanceConfig):
-    """`bounds` moved out on the cut `sides` (top, bottom, left, right) by max(block_halo, the window's
-    size along that axis), clipped to the image and to `cfg.max_window` px a side."""
+def _grow(bounds: tuple[int, int, int, int], sides: list[bool], shape: tuple[int, int], step: int, max_window: int):
+    """`bounds` moved out by `step` px on the cut `sides` (top, bottom, left, right), clipped to the image
+    and to `max_window` px a side."""
     out = list(bounds)
     for axis in (0, 1):
         lo, hi = out[2 * axis], out[2 * axis + 1]
-        room = cfg.max_window - (hi - lo)
-        step = max(cfg.block_halo, hi - lo)
+        room = max_window - (hi - lo)
         up = min(step, lo, room) if sides[2 * axis] else 0
         down = min(step, shape[axis] - hi, room - up) if sides[2 * axis + 1] else 0
         out[2 * axis], out[2 * axis + 1] = lo - max(up, 0), hi + max(down, 0)
@@ -188,7 +188,7 @@ def _per_plane(executor, task, args: list[tuple], keys: list[tuple], planes: lis
 
 def radius_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | None, tile: Tile) -> tuple[np.ndarray, int]:
     """(the inscribed radii of the mask components whose first pixel is in the block's core, clumps cut)."""
-    win = whole_window(path, layout, cfg, z, tile, grow=0)
+    win = whole_window(path, layout, cfg, z, tile, reach_px=0)
     return component_radii(win.prob >= cfg.threshold, cfg.min_size, core=win.core), win.cut_clumps
 
 
@@ -196,7 +196,7 @@ def area_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | N
               scale: tuple[float, float]) -> tuple[np.ndarray, int]:
     """(the areas of the h-maxima objects (seeds at the plane's radius) whose first pixel is in the block's
     core, clumps cut); the window's seedings go to CACHE for `label_task`."""
-    win = whole_window(path, layout, cfg, z, tile, grow=seed_reach(cfg, scale[0]))
+    win = whole_window(path, layout, cfg, z, tile, reach_px=seed_reach(cfg, scale[0]))
     mask, coarse, fine = seedings(win.prob, cfg, win.boundary, scale[0])
     if fine is not None:
         (Path(path) / CACHE).mkdir(exist_ok=True)
@@ -227,7 +227,7 @@ def label_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | 
         cut = cut if cut.size else None
     else:
         radius = scale[0] if scale is not None else 0.0
-        win = whole_window(path, layout, cfg, z, tile, grow=seed_reach(cfg, radius))
+        win = whole_window(path, layout, cfg, z, tile, reach_px=seed_reach(cfg, radius))
         bounds, cut = win.bounds, win.cut
         window = split_and_number(*seedings(win.prob, cfg, win.boundary, radius), cfg, scale[1] if scale else None)
     y0, _, x0, _ = bounds
