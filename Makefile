@@ -8,13 +8,13 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow test-wheel docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev]" "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[all,dev]" "$(TORCH_PIN)"
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,6 +27,12 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+test-wheel: install
+	$(PY) -m pytest -m slow tests/test_wheel.py
+
+docs: install
+	$(VENV)/bin/typer probda_deploy.cli.app utils docs --name probda --output docs/cli.md
 
 bench: install
 	$(PY) benchmarks/train_speed.py

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConsensusRule, Device, err, handle_errors, new_run_dir, out, resolve_device, setup_logging
+from .common import ConsensusRule, Device, err, handle_errors, new_run_dir, out, require_extra, resolve_device, setup_logging
 
 
 class StrategyName(str, Enum):
@@ -89,6 +89,7 @@ def adapt(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Adapt SOURCE to unlabeled TARGET images by consensus-filtered self-training."""
+    require_extra("train", "probda adapt")
     setup_logging(quiet)
     from ..errors import ConfigError
     from ..training.adapt import adapt as run_adapt
@@ -146,6 +147,10 @@ def _print_health(run_dir: Path) -> None:
               f"consensus {src['consensus']:.3f} -> {ada.get('consensus', float('nan')):.3f}, "
               f"sample diversity {src['diversity']:.4f} -> {ada.get('diversity', float('nan')):.4f}")
     out.print(f"verdict: [{color}]{h['verdict']}[/] - {h['sentence']} ({path})", highlight=False)
+    if "best_iteration" in h:
+        best = h["best_iteration"]
+        out.print(f"best.pt: the checkpoint of iteration {best}, the last healthy validation" if best else
+                  "[yellow]best.pt: the source model's weights: no validation of this run was healthy[/]")
 
 
 def register(app: typer.Typer) -> None:

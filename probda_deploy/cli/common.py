@@ -64,6 +64,20 @@ def setup_logging(quiet: bool = False) -> None:
     root.propagate = False
 
 
+def require_extra(extra: str, what: str) -> None:
+    """Exit 2, before anything is done, with one line naming the pip extra when `what` needs modules this
+    install lacks (`extras.EXTRAS`)."""
+    from rich.markup import escape
+
+    from ..extras import missing
+
+    gone = missing(extra)
+    if gone:
+        line = f"{what} needs {', '.join(gone)}, not installed here: pip install \"probda[{extra}]\""
+        err.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2)
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn ProbdaError into one red line on stderr and exit code 1."""
 

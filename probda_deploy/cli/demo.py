@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import Device, err, handle_errors, make_progress, out, resolve_device, setup_logging
+from .common import Device, err, handle_errors, make_progress, out, require_extra, resolve_device, setup_logging
 
 
 def demo(
@@ -19,6 +19,8 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Synthetic data -> train -> adapt -> export ONNX -> segment -> bioimage.io -> report (~6-10 min on 2 CPU cores)."""
+    require_extra("train", "probda demo")
+    require_extra("zoo", "probda demo")
     setup_logging(quiet=True)
     from ..demo import run_demo
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import Device, err, handle_errors, make_progress, out, setup_logging
+from .common import Device, err, handle_errors, make_progress, out, require_extra, setup_logging
 
 HELP = "Evaluate a checkpoint (.pt) or export folder (NAME.probda) on labeled images: dice, IoU, consensus."
 
@@ -35,6 +35,9 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
 ) -> None:
     """Evaluate MODEL on IMAGES against LABELS and print a per-image table with means."""
+    require_extra("train", "probda evaluate")  # the evaluation engine runs checkpoints and exports alike
+    if report is not None:
+        require_extra("report", "probda evaluate --report")
     setup_logging(quiet)
     from ..evaluation import evaluate_model, write_eval
 

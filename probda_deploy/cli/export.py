@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConsensusRule, err, handle_errors, newest_checkpoint, out, setup_logging
+from .common import ConsensusRule, err, handle_errors, newest_checkpoint, out, require_extra, setup_logging
 
 HELP = "Export a checkpoint: an ONNX folder for `probda segment`, or a bioimage.io model zoo package."
 
@@ -37,6 +37,7 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and the summary.")] = False,
 ) -> None:
     """Export CHECKPOINT (default: the newest run's best.pt) to ONNX or bioimage.io."""
+    require_extra("zoo" if format is Format.bioimageio else "train", f"probda export --format {format.value}")
     setup_logging(quiet)
     note = ""
     if checkpoint is None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import handle_errors, out, setup_logging
+from .common import handle_errors, out, require_extra, setup_logging
 
 
 class Norm(str, Enum):
@@ -52,6 +52,7 @@ def import_command(
     The configuration is inferred from the weight shapes; the probda checkpoint
     gives the same outputs for the same input and latent z.
     """
+    require_extra("train", "probda import")
     setup_logging(quiet)
     from ..models.checkpoint import save_checkpoint
     from ..models.importer import import_checkpoint

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import handle_errors, out
+from .common import handle_errors, out, require_extra
 
 
 def _kv_table(title: str, rows: dict) -> Table:
@@ -107,6 +107,10 @@ def info(
     """Show model, configuration, metrics and provenance."""
     from ..errors import ProbdaError
 
+    if plot:
+        require_extra("report", "probda info --plot")
+    if path.suffix == ".pt" or (path.is_dir() and not (path / "manifest.json").exists()):
+        require_extra("train", f"probda info on a checkpoint or run folder ({path.name}); an export folder needs no more")
     if plot:
         if not path.is_dir():
             raise ProbdaError(f"{path}: not a run folder; --plot needs a folder with metrics.jsonl")

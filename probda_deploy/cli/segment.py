@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import Device, err, handle_errors, make_progress, out, setup_logging
+from .common import Device, err, handle_errors, make_progress, out, require_extra, setup_logging
 
 
 class OutFormat(str, Enum):
@@ -51,6 +51,10 @@ def segment(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
 ) -> None:
     """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif, NAME_instances.tif, NAME_objects.csv)."""
+    if model.suffix == ".pt" or model.is_file():
+        require_extra("train", f"probda segment with a checkpoint ({model.name}); an export folder needs no more")
+    if workers > 1 or scheduler:
+        require_extra("dask", "probda segment --workers/--scheduler")
     setup_logging(quiet)
     from ..errors import ConfigError
     from ..runtime.batch import segment as run_segment

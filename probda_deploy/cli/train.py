@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import Device, err, handle_errors, new_run_dir, out, resolve_device, setup_logging
+from .common import Device, err, handle_errors, new_run_dir, out, require_extra, resolve_device, setup_logging
 
 
 def train(
@@ -33,6 +33,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a PUNet (ELBO) or UNet (dice) on labeled source images."""
+    require_extra("train", "probda train")
     setup_logging(quiet)
     from ..errors import ConfigError
     from ..training.config import TrainConfig, load_toml

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import err, handle_errors, out, setup_logging
+from .common import err, handle_errors, out, require_extra, setup_logging
 
 
 class WeightFormat(str, Enum):
@@ -25,6 +25,7 @@ def validate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
 ) -> None:
     """Test a bioimage.io package the way the model zoo does: reproduce the test outputs, run parametrized sizes."""
+    require_extra("zoo", "probda validate")
     setup_logging(quiet)
     from ..model_zoo.validate import validate_package
 

@@ -160,6 +160,7 @@ class SelfTrainingStrategy:
         if has_maps and not cfg.fixed_labels:
             raise ConfigError("target patches come with pseudo-label maps, but this configuration labels them at every step")
         self.name, self.cfg, self.model = cfg.name, cfg, model
+        self.starts_healthy = not cfg.from_scratch  # best.pt holds the source model until a validation is healthy
         self.target, self.source, self.val = target, source, val
         # average: the EMA of the student (deployed); teacher: makes the pseudo-labels (the average, or the source model)
         self.average = self.teacher = None
@@ -258,7 +259,7 @@ class SelfTrainingStrategy:
         if self.source_health is not None:
             out["val_foreground_ratio"] = now.foreground / max(self.source_health.foreground, 1e-6)
             word, reason = verdict(self.source_health, now, self.bounds, feedback=self.cfg.labeler != "source")
-            out.update(verdict=word, verdict_reason=reason)
+            out.update(verdict=word, verdict_reason=reason, healthy=word != "drifting")
             stop = collapse(self.source_health, now, self.bounds)
             if stop:
                 out["stop"] = stop

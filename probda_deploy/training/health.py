@@ -37,7 +37,9 @@ from ..models.predict import sample_probabilities
 
 @dataclass(frozen=True)
 class HealthBounds:
-    """Stop the run when the target foreground fraction leaves [low, high] x the source model's."""
+    """Stop the run when the target foreground fraction leaves [low, high] x the source model's, or the
+    background fraction falls below low x the source model's (all-foreground, whatever the source's
+    foreground: 3x a foreground fraction above 1/3 is never reached)."""
 
     low: float = 0.1
     high: float = 3.0
@@ -97,16 +99,19 @@ def snapshot(model: torch.nn.Module, x: np.ndarray, *, k: int = 8, batch_size: i
 
 
 def collapse(source: Snapshot, now: Snapshot, bounds: HealthBounds = HealthBounds()) -> str | None:
-    """Why the run has collapsed or drifted too far (None if its foreground fraction is within bounds)."""
-    if source.foreground < 1e-3:
-        return None  # nothing to compare against
-    ratio = now.foreground / source.foreground
-    if ratio < bounds.low:
-        return (f"target foreground fell to {now.foreground:.4f} ({ratio:.2f}x the source model's "
-                f"{source.foreground:.4f}); the run collapsed towards background")
-    if ratio > bounds.high:
-        return (f"target foreground grew to {now.foreground:.4f} ({ratio:.2f}x the source model's "
-                f"{source.foreground:.4f}); the run is drifting towards foreground")
+    """Why the run has collapsed or drifted too far (None if its foreground and background fractions are within bounds)."""
+    if source.foreground >= 1e-3:
+        ratio = now.foreground / source.foreground
+        if ratio < bounds.low:
+            return (f"target foreground fell to {now.foreground:.4f} ({ratio:.2f}x the source model's "
+                    f"{source.foreground:.4f}); the run collapsed towards background")
+        if ratio > bounds.high:
+            return (f"target foreground grew to {now.foreground:.4f} ({ratio:.2f}x the source model's "
+                    f"{source.foreground:.4f}); the run is drifting towards foreground")
+    background, source_background = 1 - now.foreground, 1 - source.foreground
+    if source_background >= 1e-3 and background / source_background < bounds.low:
+        return (f"target background fell to {background:.4f} ({background / source_background:.2f}x the source "
+                f"model's {source_background:.4f}); the run collapsed towards foreground")
     return None
 
 
@@ -142,7 +147,7 @@ HEALTH_FILE = "health.json"
 def health_summary(metrics: list[dict], source: Snapshot, *, stopped: str | None = None) -> dict:
     """The run's label-free summary from its metrics.jsonl lines: source vs last validation, history, verdict."""
     keys = ("iteration", "val_foreground", "val_foreground_ratio", "val_consensus", "val_diversity", "val_agreement",
-            "verdict", "val_dice")
+            "verdict", "val_dice", "best")
     history = [{k: m[k] for k in keys if k in m} for m in metrics]
     last = metrics[-1] if metrics else {}
     if stopped:
@@ -156,6 +161,7 @@ def health_summary(metrics: list[dict], source: Snapshot, *, stopped: str | None
         "source": source.stats(),
         "adapted": {k[4:]: last[k] for k in ("val_foreground", "val_consensus", "val_diversity") if k in last},
         "teacher_student_agreement": last.get("val_agreement"),
+        "best_iteration": int(last.get("best_iteration", 0)),  # the checkpoint in best.pt; 0: the source model's weights
         "history": history,
     }
 

@@ -36,7 +36,8 @@ class Strategy(Protocol):
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
     def on_step_end(self, iteration: int) -> None: ...
     # must contain "val_metric" (lower is better; drives the scheduler); optional "select_metric" picks
-    # best.pt instead (lower is better), optional "stop" (a reason) ends the run without saving it
+    # best.pt instead (lower is better), optional "healthy" (False: never best.pt), optional "stop" (a
+    # reason) ends the run without saving it
     def validate(self) -> dict[str, float]: ...
     def checkpoint_extra(self) -> dict: ...
     def load_extra(self, ckpt: dict) -> None: ...
@@ -123,8 +124,10 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
     """Train `strategy` for `cfg.iterations` steps (total, counting resumed ones).
 
     Writes `run_dir/latest.pt` (full state) at every validation and at the end,
-    `run_dir/best.pt` when the validation metric improves, and appends one JSON
-    line per validation to `run_dir/metrics.jsonl`.
+    `run_dir/best.pt` when the validation metric improves at a healthy validation, and
+    appends one JSON line per validation to `run_dir/metrics.jsonl`. A strategy with
+    `starts_healthy` (adaptation: the source model) gets its starting weights as best.pt
+    first, so that a run that is never healthy leaves the model it started from.
 
     Args:
         extra: entries stored in every checkpoint (train_config, provenance, ...).
@@ -152,6 +155,12 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
         start, best, resumed_metrics = _resume(strategy, optim, latest, metrics_path, dev)
     extra = dict(extra or {})
     extra["loop_config"] = asdict(cfg)
+    best_iteration = int(resumed_metrics.get("best_iteration", 0))
+    if start == 0 and getattr(strategy, "starts_healthy", False):
+        start_metrics = {"iteration": 0, "best_iteration": 0, "verdict": "unchanged",
+                         "verdict_reason": "the starting weights, before any adaptation"}
+        ckpt = _checkpoint(strategy, optim, 0, best, start_metrics, extra, cfg.seed)
+        save_checkpoint({k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}, best_path)
     t0, logs_acc, last_metrics = time.perf_counter(), {}, dict(resumed_metrics)
     for it in range(start, cfg.iterations):
         rng = _seed_step(cfg.seed, it)
@@ -174,12 +183,13 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
             if "stop" in last_metrics:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({**last_metrics, "best": False}) + "\n")
-                kept = f"kept the last healthy checkpoints {latest} and {best_path}" if latest.exists() else \
-                    "no checkpoint was healthy yet; keep using the source model"
-                raise TrainingStopped(f"{run_dir}: stopped at iteration {done}: {last_metrics['stop']}; {kept}")
+                raise TrainingStopped(f"{run_dir}: stopped at iteration {done}: {last_metrics['stop']}; "
+                                      f"{_kept(best_path, best_iteration)}")
             selected = last_metrics.get("select_metric", last_metrics["val_metric"])
-            improved = selected < best
-            best = min(best, selected)
+            improved = bool(last_metrics.get("healthy", True)) and selected < best
+            best = min(best, selected) if improved else best
+            best_iteration = done if improved else best_iteration
+            last_metrics["best_iteration"] = best_iteration
             ckpt = _checkpoint(strategy, optim, done, best, last_metrics, extra, cfg.seed)
             # latest.pt last: it is the commit point a resume starts from, so a kill between
             # these writes only repeats work (resume drops metrics lines past latest.pt)
@@ -194,6 +204,15 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
     if start >= cfg.iterations:
         log.info("%s: already at iteration %d >= %d; nothing to do", run_dir, start, cfg.iterations)
     return FitResult(run_dir, max(start, cfg.iterations), best, last_metrics, time.perf_counter() - t0, str(dev))
+
+
+def _kept(best_path: Path, best_iteration: int) -> str:
+    """What best.pt holds after a stopped run."""
+    if not best_path.exists():
+        return "no checkpoint was kept; keep using the model you started from"
+    if best_iteration:
+        return f"{best_path} is the last healthy checkpoint (iteration {best_iteration})"
+    return f"no validation was healthy: {best_path} holds the weights the run started from (the source model)"
 
 
 def _validate(strategy: Strategy, optim: _Optim, logs_acc: dict, iteration: int) -> dict:

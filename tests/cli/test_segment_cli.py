@@ -99,9 +99,13 @@ def test_segment_runs_with_torch_blocked(shared, images, tmp_path):
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert tifffile.imread(tmp_path / "out" / "a_prob.tif").shape == (36, 41)
-    cmd[4] = str(shared[0])  # a checkpoint needs torch: one clear line
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and "running a checkpoint needs PyTorch" in run.stderr
+    cmd[4] = str(shared[0])  # a checkpoint needs torch: one line naming the extra, exit 2, nothing written
+    run = subprocess.run(cmd[:-3] + ["-o", str(tmp_path / "ckpt"), "-q"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and 'pip install "probda[train]"' in run.stderr and "torch" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "ckpt").exists()
+    train = [sys.executable, "-m", "probda_deploy.cli.app", "train", "-i", str(images), "-o", str(tmp_path / "run")]
+    run = subprocess.run(train, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and 'pip install "probda[train]"' in run.stderr and not (tmp_path / "run").exists()
 
 
 def test_segment_instances_writes_ids_and_the_object_table(shared, images, tmp_path):

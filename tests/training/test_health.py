@@ -16,6 +16,7 @@ from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
 from probda_deploy.training.health import Snapshot, collapse, sample_diversity, verdict
 
 CFG = AdaptConfig(iterations=4, batch_size=2, patch_size=32, samples=4, val_every=2, lr=1e-3, seed=5)
+SOURCE_BIAS = 0.1  # the tiny model then calls about half of the target images foreground
 
 
 def _sampler():
@@ -78,8 +79,8 @@ def test_verdicts_from_hand_built_snapshots():
     assert word == "drifting" and "less sure" in reason
     # a frozen source teacher's labels cannot feed back: less sure is no drift there
     assert verdict(src, unsure, feedback=False)[0] == "improved"
-    flood = _snap([[1, 1, 1, 1]] * 4, [[1, 1, 1, 1]] * 4)
-    assert collapse(src, flood) is None  # 2x: within the default bound of 3x
+    grown = _snap([[1, 1, 1, 0]] * 4, [[1, 1, 1, 1]] * 4)
+    assert collapse(src, grown) is None  # 1.5x the foreground, half the background: within the bounds
 
 
 def test_collapse_stops_the_run_and_keeps_the_last_healthy_checkpoint(tiny_checkpoint, target_data, tmp_path):
@@ -93,7 +94,7 @@ def test_collapse_stops_the_run_and_keeps_the_last_healthy_checkpoint(tiny_check
     for key in ("state_dict", "teacher_state_dict"):
         ckpt[key]["fcomb.last_layer.bias"] = torch.full_like(ckpt[key]["fcomb.last_layer.bias"], -60.0)
     save_checkpoint(ckpt, run / "latest.pt")
-    with pytest.raises(TrainingStopped, match="collapsed towards background.*kept the last healthy"):
+    with pytest.raises(TrainingStopped, match=r"collapsed towards background.*best.pt is the last healthy checkpoint \(iteration 2\)"):
         adapt(tiny_checkpoint, images, run_dir=run, config=CFG, resume=True)
     assert load_checkpoint(run / "latest.pt")["iteration"] == 2  # the collapsed state was not saved
     health = json.loads((run / "health.json").read_text())
@@ -146,3 +147,36 @@ def _train_both(diversity, tmp_path):
         strat = SupervisedStrategy(model, PatchSampler(data, 32), grid_patches(data, 32), batch_size=4, augment="paper")
         res = fit(strat, LoopConfig(iterations=150, lr=1e-3, val_every=150), run_dir=tmp_path / str(ambiguous))
         diversity[ambiguous] = res.last_metrics["val_diversity"]
+
+
+def test_all_foreground_is_collapse_whatever_the_source_foreground():
+    src = _snap([[1, 1, 0, 0]] * 4, [[1, 1, 1, 1]] * 4)  # half foreground: 3x its foreground cannot be reached
+    flood = _snap([[1, 1, 1, 1]] * 4, [[1, 1, 1, 1]] * 4)
+    assert "collapsed towards foreground" in collapse(src, flood) and verdict(src, flood)[0] == "drifting"
+    most = _snap([[1, 1, 1, 0]] * 4, [[1, 1, 1, 1]] * 4)  # 3/4: background at half the source's, within bounds
+    assert collapse(src, most) is None
+
+
+def test_a_run_that_is_never_healthy_leaves_the_source_model_as_best(tiny_checkpoint, target_data, tmp_path, monkeypatch):
+    """A source model calling over 1/3 of the target foreground, and a run forced to go all-foreground."""
+    images, _ = target_data
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt["state_dict"]["fcomb.last_layer.bias"] = torch.full_like(ckpt["state_dict"]["fcomb.last_layer.bias"], SOURCE_BIAS)
+    source = tmp_path / "source.pt"
+    save_checkpoint(ckpt, source)
+    original = SelfTrainingStrategy.on_step_end
+
+    def towards_foreground(self, iteration):  # fault injection: after each real step, every pixel pushed to foreground
+        with torch.no_grad():
+            self.model.fcomb.last_layer.bias += 5.0
+        original(self, iteration)
+
+    monkeypatch.setattr(SelfTrainingStrategy, "on_step_end", towards_foreground)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="collapsed towards foreground.*no validation was healthy.*source model"):
+        adapt(source, images, run_dir=run, config=replace(CFG, strategy="fixmatch", iterations=6))
+    health = json.loads((run / "health.json").read_text())
+    assert 1 / 3 < health["source"]["foreground"] < 0.9 and health["history"][0]["val_foreground"] > 0.95
+    assert health["verdict"] == "collapsed" and health["best_iteration"] == 0
+    best = load_checkpoint(run / "best.pt")
+    assert best["iteration"] == 0 and all(torch.equal(best["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
