@@ -61,7 +61,15 @@ ADAPT_ROWS = {
     "PUNet FixMatch masking (alignment)": ("punet", replace(MT, strategy="fixmatch")),
     "PUNet joint AdaMT masking": ("punet", replace(MT, joint=True)),
 }
+ABLATION_ROWS = {  # one factor of FixMatch at a time (--rows fixmatch); not in "all"
+    "PUNet FixMatch masking, no alignment": ("punet", replace(MT, strategy="fixmatch", distribution_alignment=False)),
+    "PUNet FixMatch masking, noise student view": ("punet", replace(MT, strategy="fixmatch", student_view="noise")),
+    "PUNet FixMatch masking, lr 1e-4": ("punet", replace(MT, strategy="fixmatch", lr=1e-4)),
+}
+FIXMATCH = ("PUNet mean-teacher masking", "PUNet FixMatch masking (alignment)", "PUNet FixMatch masking, no alignment",
+            "PUNet FixMatch masking, noise student view", "PUNet FixMatch masking, lr 1e-4")
 ROW_SETS = {"core": ("PUNet mean-teacher masking", "PUNet mean-teacher none"), "masking": ("PUNet mean-teacher masking",),
+            "fixmatch": FIXMATCH,
             "teachers": ("PUNet mean-teacher masking", "PUNet EMA-teacher masking", "PUNet EMA-teacher none")}
 
 
@@ -136,7 +144,7 @@ def main() -> None:
     torch.set_num_threads(2)
     n, size, it_src = (4, 96, 20) if args.quick else (12, 192, 200)
     it_ad = 10 if args.quick else args.iterations
-    rows = {k: v for k, v in ADAPT_ROWS.items() if args.rows == "all" or k in ROW_SETS[args.rows]}
+    rows = ADAPT_ROWS if args.rows == "all" else {k: v for k, v in {**ADAPT_ROWS, **ABLATION_ROWS}.items() if k in ROW_SETS[args.rows]}
     results: dict = {}  # (shift, row) -> list of scores_of dicts, one per seed
     checks = {"verdict": [], "regret": []}
     pre: dict = {}

@@ -3,7 +3,7 @@
 - geometric: flips and 90-degree rotations, applied to image and label alike;
 - `paper` preset: flips only (reference code); `robust` adds nnU-Net-style
   intensity scaling, contrast, gamma, blur, noise and low-resolution simulation;
-- views for self-training (METHOD.md section 4): `none` (geometry only),
+- views for self-training (docs/method.md, "Adaptation strategies"): `none` (geometry only),
   `noise` (additive noise: changes no object's apparent size), `weak` and
   `strong` (the reference's, with blur; blur changes apparent object size).
 Every function takes an explicit `np.random.Generator`.

@@ -139,7 +139,7 @@ def standardize_crop(data: ImageSet, i: int, y: int, x: int, size: int, stats: l
 
 
 class PatchSampler:
-    """Random patches (B, 1, P, P), standardised (METHOD.md sections 2 and 5).
+    """Random patches (B, 1, P, P), standardised (docs/method.md, "Source training"; docs/deployment.md).
 
     Args:
         data: images (and labels for supervised sampling).

@@ -5,7 +5,7 @@ probability, consensus, std). The K noise draws eps_k ~ N(0, I) are drawn
 once from a seeded generator and stored as a constant buffer, so every runtime
 (onnxruntime, TorchScript) reproduces the package's test outputs exactly.
 
-Inside the graph (METHOD.md sections 1 and 3):
+Inside the graph (docs/method.md, "The model" and "Pseudo-labels and consensus"):
     F = unet(x) once, (mu, log_sigma) = prior(x) once,
     z_k = mu + exp(log_sigma) * eps_k,
     logits_k = fcomb_tail(W_F F + W_z z_k + b)   (algebraic split of the first 1x1 conv),
@@ -31,7 +31,7 @@ from ..models.punet import PUNet
 
 @dataclass(frozen=True)
 class ConsensusConfig:
-    """Consensus settings baked into the graph (METHOD.md section 3)."""
+    """Consensus settings baked into the graph (docs/method.md, "Pseudo-labels and consensus")."""
 
     rule: str = "agree"
     upper: float = 0.9

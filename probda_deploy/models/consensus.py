@@ -1,4 +1,4 @@
-"""Consensus of PUNet samples (METHOD.md section 3), on torch sample stacks."""
+"""Consensus of PUNet samples (docs/method.md, "Pseudo-labels and consensus"), on torch sample stacks."""
 
 from __future__ import annotations
 

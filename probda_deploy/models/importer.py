@@ -1,6 +1,6 @@
 """Import PUNet checkpoints saved by the paper's reference code or by torch-em.
 
-Both save torch-em style dicts (METHOD.md section 1): `model_state` (the
+Both save torch-em style dicts (docs/method.md, "The model"): `model_state` (the
 state dict), optionally `teacher_state`, plus `init`, `iteration`, ... The
 configuration is inferred from the weight shapes; the result is a probda
 checkpoint that rebuilds the same network (same outputs for the same z).

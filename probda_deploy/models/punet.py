@@ -1,6 +1,6 @@
 """Probabilistic UNet (Kohl et al. 2018) as used by Archit & Pape 2023.
 
-METHOD.md section 1: a UNet trunk gives features F; a prior net p(z|x) and a
+docs/method.md, "The model": a UNet trunk gives features F; a prior net p(z|x) and a
 posterior net q(z|x,y) give diagonal Gaussians over a small latent z; `fcomb`
 (1x1 convs) maps concat(F, z) to logits. Module names follow the reference
 checkpoint layout (`unet.`, `prior.encoder.layers.N`, `prior.conv_layer`,

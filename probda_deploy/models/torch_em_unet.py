@@ -1,6 +1,6 @@
 """torch-em's Probabilistic UNet variant as a probda model (for imported checkpoints).
 
-torch-em (`torch_em.model.probabilistic_unet.ProbabilisticUNet`, METHOD.md
+torch-em (`torch_em.model.probabilistic_unet.ProbabilisticUNet`, docs/import.md
 section 1) differs from the paper's reference network:
 
 - the UNet is torch-em's `UNet2d`: blocks of [norm, conv3x3, ReLU] x 2,

@@ -1,4 +1,4 @@
-"""2D UNet of the paper (METHOD.md section 1): no normalisation, average pooling,
+"""2D UNet of the paper (docs/method.md, "The model"): no normalisation, average pooling,
 bilinear upsampling, 3 convs per level."""
 
 from __future__ import annotations

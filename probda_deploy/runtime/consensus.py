@@ -1,4 +1,4 @@
-"""Reductions over K sample probabilities (METHOD.md section 3), numpy only.
+"""Reductions over K sample probabilities (docs/method.md, "Pseudo-labels and consensus"), numpy only.
 
 The decoder graph computes the same maps inside onnxruntime; these functions
 serve the single-graph UNet exports, tests and tools that hold sample maps.

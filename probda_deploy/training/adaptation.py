@@ -1,4 +1,4 @@
-"""Self-training adaptation (METHOD.md section 4): Mean Teacher and FixMatch, separate or joint.
+"""Self-training adaptation (docs/method.md, "Adaptation strategies"): Mean Teacher and FixMatch, separate or joint.
 
 One strategy class covers the four variants; they differ only in who makes
 the pseudo-labels (a teacher or the model itself), which view the student

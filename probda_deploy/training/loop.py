@@ -45,7 +45,7 @@ class Strategy(Protocol):
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Loop settings (METHOD.md section 2: Adam, ReduceLROnPlateau factor 0.9, patience 10)."""
+    """Loop settings (docs/method.md, "Source training": Adam, ReduceLROnPlateau factor 0.9, patience 10)."""
 
     iterations: int = 1000
     lr: float = 1e-4

@@ -1,4 +1,4 @@
-"""Losses with optional per-pixel weights (METHOD.md sections 2 and 3).
+"""Losses with optional per-pixel weights (docs/method.md, "Source training" and "Pseudo-labels and consensus").
 
 A pixel with weight 0 contributes nothing to the loss value or its gradient.
 """

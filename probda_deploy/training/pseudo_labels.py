@@ -1,4 +1,4 @@
-"""Pseudo-labels from a teacher and their consensus-based filtering (METHOD.md section 3)."""
+"""Pseudo-labels from a teacher and their consensus-based filtering (docs/method.md, "Pseudo-labels and consensus")."""
 
 from __future__ import annotations
 
