@@ -59,7 +59,7 @@ def adapt(
     source: Annotated[Path, typer.Argument(help="Source model checkpoint (.pt) from `probda train` or `probda import`.")],
     target: Annotated[Path, typer.Option("-t", "--target", help="Folder (or glob) of unlabeled target images.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run folder; default ./runs/adapt-<timestamp>/.")] = None,
-    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (a teacher labels a clean view, the student learns it from a noisy one; the EMA model is deployed) | fixmatch (weak -> strong view).")] = StrategyName.mean_teacher,
+    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (a teacher labels a clean view, the student learns it from a noisy one; the EMA model is deployed) | fixmatch (the model labels a weak view and learns it from a strong one; on the benchmark's illumination-gradient shifts it collapses or drifts, and best.pt then stays the source model: use mean-teacher, see docs/method.md).")] = StrategyName.mean_teacher,
     teacher: Annotated[Optional[TeacherName], typer.Option("--teacher", help="Mean-teacher pseudo-labels from: source (the frozen source model) | ema (the EMA model, the paper). The EMA of the student is deployed either way. [default: source; ema with --from-scratch]")] = None,
     joint: Annotated[bool, typer.Option("--joint", help="Joint training with labeled source batches (AdaMT / AdaMatch).")] = False,
     source_images: Annotated[Optional[Path], typer.Option("--source-images", help="Labeled source images (for --joint).")] = None,
