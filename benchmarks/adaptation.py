@@ -240,7 +240,7 @@ def _print_extra(shifts, results, names) -> None:
 
 
 def _print_paired(shifts, results, pre) -> None:
-    """Issue 14's comparisons, paired by seed: masking against its source model and against unfiltered self-training."""
+    """The paired comparisons, by seed: masking against its source model and against unfiltered self-training."""
     mask, none, src = "PUNet mean-teacher masking", "PUNet mean-teacher none", "PUNet source"
     if not all((s, name) in results for s in shifts for name in (mask, none)):
         return

@@ -1,6 +1,6 @@
 """ONNX export of probda checkpoints: `NAME.probda/` with graphs and manifest.json.
 
-Exporter choice (measured in issue 4, torch 2.13 / onnxruntime 1.3x, 2 CPU cores):
+Exporter choice (measured with torch 2.13 / onnxruntime 1.3x, 2 CPU cores):
 the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) at opset 20 with
 `dynamic_shapes` given as a tuple matching the positional arguments keeps batch,
 height and width dynamic, gives cleaner graphs than the TorchScript-based exporter

@@ -51,7 +51,7 @@ class PUNetConfig:
     @classmethod
     def small_fast(cls) -> "PUNetConfig":
         """The small configuration with prior and posterior nets at half width (8, 16, 32, 64):
-        a training step costs ~0.7x (benchmarks/RESULTS.md, "Training speed")."""
+        a training step costs ~0.74x (benchmarks/RESULTS.md, "Training speed")."""
         return replace(cls.small(), gaussian_filters=(8, 16, 32, 64))
 
     @property

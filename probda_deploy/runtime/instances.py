@@ -6,7 +6,7 @@ seed a watershed that cuts the necks between them. Nuclei pressed together
 leave a neck too shallow for a fixed h; seeds scaled to the objects' typical
 radius find them, but also cut rings and fragments into arcs. So the scaled
 seeds only split an object into pieces that are each at least `split` of the
-median object's area (benchmarks/RESULTS.md, "Instance seeds"). Objects larger
+median object's area (docs/experiments.md, "Instance seeds"). Objects larger
 than 10 px in radius also get the h-maxima seeds scaled up with them, so the
 same nuclei imaged at a higher magnification split alike.
 

@@ -1,6 +1,6 @@
 """onnxruntime sessions: providers from `--device` and the settings measured to matter on CPU.
 
-Settings (issue 4 measurements): graph optimisation ORT_ENABLE_ALL (1.5x over
+Settings (measured on CPU): graph optimisation ORT_ENABLE_ALL (1.5x over
 EXTENDED for convolutions), sequential execution, CPU memory arena on, intra-op
 threads = physical cores (onnxruntime's own default when `threads` is None).
 The decoder graph is the exception (`blocked_layout=False`, ORT_ENABLE_EXTENDED):
@@ -9,9 +9,9 @@ each of its 1x1 convs, around the per-sample bias add that has no blocked kernel
 plain 1x1 convs run as GEMMs on NCHW directly. Intra-op threads do not spin
 after a run: a sampler alternates between its sessions (prior, encoder, decoder),
 each with its own thread pool, and the idle pool's spinning threads took the
-cores from the next one (benchmarks/RESULTS.md, "Decoder layout and thread
+cores from the next one (docs/experiments.md, "Decoder layout and thread
 spinning").
-Memory patterns off (issue 15): onnxruntime plans and keeps one block per input
+Memory patterns off: onnxruntime plans and keeps one block per input
 shape, which nearly doubled peak RSS with tiles (punet-small, 1200 px windows,
 K=16: 2.06 GB -> 1.17 GB) and was not faster (4.9 s -> 4.6 s per window).
 After a session is created, the providers that are really active are read back

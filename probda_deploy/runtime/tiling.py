@@ -1,6 +1,6 @@
 """Exact tiling: windows with a halo on a grid aligned to the network's size multiple.
 
-Measured choice (issue 4): windows whose origins are multiples of 2**(depth-1),
+Measured choice: windows whose origins are multiples of 2**(depth-1),
 with a halo of at least the receptive-field radius and the centre cropped,
 reproduce the whole-image result to float precision; blending overlaps
 (gaussian/linear) left 1e-3..2e-2 errors. So tiles are cropped, not blended.

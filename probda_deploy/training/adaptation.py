@@ -99,7 +99,7 @@ class AdaptConfig:
 
     @property
     def momentum(self) -> float:
-        """EMA momentum: `ema`, or 1 - horizons / iterations within [0.9, 0.9999] (benchmarks/RESULTS.md).
+        """EMA momentum: `ema`, or 1 - horizons / iterations within [0.9, 0.9999] (docs/experiments.md).
 
         EMA teacher (TEACHER_HORIZONS = 3): self-training feeds its labels back through the student,
         and how far the model moves is set by how many teacher time constants the run spans: 300

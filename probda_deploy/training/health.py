@@ -18,7 +18,7 @@ without labels, and what each tells:
   light corrects pixels the source model was sure of (61% of the changes in a run
   that gained 0.20). There the verdict rests on the foreground bounds and the share
   of changed pixels, and its sentence reports where the changes fell.
-  See benchmarks/RESULTS.md.
+  See docs/experiments.md.
 """
 
 from __future__ import annotations

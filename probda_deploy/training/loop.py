@@ -71,7 +71,7 @@ def _seed_step(seed: int, iteration: int) -> np.random.Generator:
     return np.random.default_rng([seed, iteration])
 
 
-# NHWC: oneDNN (CPU) and cuDNN (AMP) run the 3x3 convs of a step ~10% faster (benchmarks/RESULTS.md)
+# NHWC: oneDNN (CPU) and cuDNN (AMP) run the 3x3 convs of a step ~8% faster (docs/experiments.md)
 MEMORY_FORMAT = torch.channels_last
 
 
