@@ -51,7 +51,7 @@ def segment(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
 ) -> None:
     """Segment images: NAME_mask.tif, NAME_prob.tif, NAME_consensus.tif, NAME_std.tif (NAME_labels.tif, NAME_instances.tif, NAME_objects.csv)."""
-    if model.suffix == ".pt" or model.is_file():
+    if _is_checkpoint(model):
         require_extra("train", f"probda segment with a checkpoint ({model.name}); an export folder needs no more")
     if workers > 1 or scheduler:
         require_extra("dask", "probda segment --workers/--scheduler")
@@ -113,19 +113,17 @@ class _SubProgress:
             self.task = None
 
 
-def _export_folder(model: Path, *, quiet: bool) -> tuple[Path, str]:
-    """Export folder for MODEL; checkpoints go through the export cache (needs torch)."""
-    if model.suffix != ".pt" and not model.is_file():
-        return model, ""  # an export folder (the runtime names a missing or invalid one)
-    from ..errors import RuntimeModelError
+def _is_checkpoint(model: Path) -> bool:
+    """A .pt file (exported on the fly, needs probda[train]); anything else is taken for an export folder."""
+    return model.suffix == ".pt" or model.is_file()
 
-    try:
-        from ..exporters.cache import export_for_runtime
-    except ImportError as e:
-        raise RuntimeModelError(
-            f"{model}: running a checkpoint needs PyTorch ({e}); export it where torch is installed "
-            f"(`probda export {model} --format onnx`) and segment with the NAME.probda folder"
-        ) from None
+
+def _export_folder(model: Path, *, quiet: bool) -> tuple[Path, str]:
+    """Export folder for MODEL; checkpoints go through the export cache (`segment` has checked the train extra)."""
+    if not _is_checkpoint(model):
+        return model, ""  # an export folder (the runtime names a missing or invalid one)
+    from ..exporters.cache import export_for_runtime
+
     if not quiet:
         err.print(f"[dim]preparing ONNX export of {model} (cached by its sha256)...[/]")
     return export_for_runtime(model)

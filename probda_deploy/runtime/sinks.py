@@ -259,7 +259,7 @@ class ZarrSink:
             cfg = self.instances or InstanceConfig(threshold=self.threshold)
             found = label_blocks(self.partial, self.layout, cfg, executor=executor, table=self.objects is not None)
             if self.objects is not None:  # streamed from the per-object sums: no dict per object is held
-                rows = lambda: iter_rows(found.ids, found.sums, disagree=cfg.disagree, planes=found.planes, exact=found.exact)
-                write_object_csv(self.objects, rows(), stack=found.planes is not None)
-                self.object_summary = summarize_objects(rows())
+                kw = dict(disagree=cfg.disagree, planes=found.planes, exact=found.exact)
+                write_object_csv(self.objects, iter_rows(found.ids, found.sums, **kw), stack=found.planes is not None)
+                self.object_summary = summarize_objects(iter_rows(found.ids, found.sums, **kw))
         return oz.finalize(self.partial, self.final)

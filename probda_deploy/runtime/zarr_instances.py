@@ -201,8 +201,7 @@ def area_task(path: Path, layout: oz.ZarrLayout, cfg: InstanceConfig, z: int | N
     if fine is not None:
         (Path(path) / CACHE).mkdir(exist_ok=True)
         cut = np.zeros(0, bool) if win.cut is None else win.cut
-        np.savez_compressed(_cached(path, z, tile), bounds=np.array(win.bounds), coarse=coarse, fine=fine, cut=cut,
-                            cut_clumps=win.cut_clumps)
+        np.savez_compressed(_cached(path, z, tile), bounds=np.array(win.bounds), coarse=coarse, fine=fine, cut=cut)
     return object_areas(mask, coarse, cfg.min_size, core=win.core), win.cut_clumps
 
 
