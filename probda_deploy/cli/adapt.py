@@ -48,6 +48,7 @@ class View(str, Enum):
 class TeacherName(str, Enum):
     source = "source"
     ema = "ema"
+    model = "model"
 
 
 class Scope(str, Enum):
@@ -59,8 +60,8 @@ def adapt(
     source: Annotated[Path, typer.Argument(help="Source model checkpoint (.pt) from `probda train` or `probda import`.")],
     target: Annotated[Path, typer.Option("-t", "--target", help="Folder (or glob) of unlabeled target images.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run folder; default ./runs/adapt-<timestamp>/.")] = None,
-    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (a teacher labels a clean view, the student learns it from a noisy one; the EMA model is deployed) | fixmatch (the model labels a weak view and learns it from a strong one; on the benchmark's illumination-gradient shifts it collapses or drifts, and best.pt then stays the source model: use mean-teacher, see docs/method.md).")] = StrategyName.mean_teacher,
-    teacher: Annotated[Optional[TeacherName], typer.Option("--teacher", help="Mean-teacher pseudo-labels from: source (the frozen source model) | ema (the EMA model, the paper). The EMA of the student is deployed either way. [default: source; ema with --from-scratch]")] = None,
+    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (the frozen source model labels a clean view, the student learns it from a noisy one) | fixmatch (the EMA of the model labels the clean view, with distribution alignment). The EMA of the student is deployed either way; see docs/method.md.")] = StrategyName.mean_teacher,
+    teacher: Annotated[Optional[TeacherName], typer.Option("--teacher", help="Pseudo-labels from: source (the frozen source model; mean-teacher) | ema (the EMA model; the paper's mean teacher) | model (the model being trained; the reference FixMatch, which collapses on the benchmark's shifts). [default: source for mean-teacher (ema with --from-scratch), ema for fixmatch]")] = None,
     joint: Annotated[bool, typer.Option("--joint", help="Joint training with labeled source batches (AdaMT / AdaMatch).")] = False,
     source_images: Annotated[Optional[Path], typer.Option("--source-images", help="Labeled source images (for --joint).")] = None,
     source_labels: Annotated[Optional[Path], typer.Option("--source-labels", help="Source labels folder (for --joint).")] = None,
@@ -78,7 +79,7 @@ def adapt(
     distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
     loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
     teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
-    student_view: Annotated[Optional[View], typer.Option("--student-view", help="[default: noise-background for mean-teacher, strong-intensity for fixmatch; reference: weak / strong].")] = None,
+    student_view: Annotated[Optional[View], typer.Option("--student-view", help="[default: noise-background; reference: weak for mean-teacher, strong for fixmatch].")] = None,
     normalization: Annotated[Scope, typer.Option("--normalization", help="image (whole-image statistics, as prediction) | patch (reference code).")] = Scope.image,
     target_labels: Annotated[Optional[Path], typer.Option("--target-labels", help="Target labels: also log true dice on held-out target images.")] = None,
     select_on: Annotated[SelectOn, typer.Option("--select-on", help="best.pt = the latest healthy checkpoint (last), the best teacher-student agreement (pseudo) or, with --target-labels, true dice (labels).")] = SelectOn.last,
@@ -127,7 +128,7 @@ def adapt(
     if "val_dice" in m:
         summary += f", target val dice {m['val_dice']:.3f}"
     out.print(f"[green]done[/]: {cfg.name} ({cfg.filter}) {result.iterations} iterations in {result.seconds:.0f}s on {result.device}; {summary}")
-    deployed = "EMA model" if cfg.strategy == "mean-teacher" else "model"
+    deployed = "model" if cfg.labeler == "model" else "EMA model"
     out.print(f"checkpoints (deploy the {deployed}): {run_dir / 'best.pt'}, {run_dir / 'latest.pt'}")
     _print_health(run_dir)
 

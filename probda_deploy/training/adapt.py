@@ -55,9 +55,11 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
     cfg = config
     if resume and (Path(run_dir) / "latest.pt").exists():
         stored = load_checkpoint(Path(run_dir) / "latest.pt").get("adapt_config", {})
-        stored.setdefault("teacher", "ema")  # runs from before the source teacher
+        if stored.get("teacher") is None:  # a checkpoint that stored no labeler: the one its options meant
+            stored["teacher"] = "model" if stored.get("strategy") == "fixmatch" else ("ema" if "teacher" not in stored else None)
         cfg = replace(AdaptConfig(**stored), iterations=config.iterations)
     cfg.check()
+    cfg = replace(cfg, teacher=cfg.labeler)  # stored explicitly, so a resume labels as the run began
     src_ckpt = load_checkpoint(source)
     model = _initial_model(src_ckpt, cfg).train()
     mult = model.config.size_multiple

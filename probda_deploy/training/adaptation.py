@@ -1,18 +1,19 @@
 """Self-training adaptation (docs/method.md, "Adaptation strategies"): Mean Teacher and FixMatch, separate or joint.
 
 One strategy class covers the four variants; they differ only in who makes
-the pseudo-labels (a teacher or the model itself), which view the student
-sees (weak or strong), and whether labeled source batches join each step.
+the pseudo-labels, which view the student sees, and whether labeled source
+batches join each step.
 
-| strategy     | joint | name     | pseudo-labels from                  | student view |
-| mean-teacher | no    | mean-teacher | the source model or the EMA model | noise      |
-| fixmatch     | no    | fixmatch | the model (weak)                    | strong       |
-| mean-teacher | yes   | adamt    | the source model or the EMA model   | noise        |
-| fixmatch     | yes   | adamatch | the model (weak)                    | strong       |
+| strategy     | joint | name         | pseudo-labels from (default, option)     | alignment |
+| mean-teacher | no    | mean-teacher | the frozen source model; the EMA model   | off       |
+| fixmatch     | no    | fixmatch     | the EMA model; the model itself          | on        |
+| mean-teacher | yes   | adamt        | as mean-teacher                          | off       |
+| fixmatch     | yes   | adamatch     | as fixmatch                              | on        |
 
-Mean teacher deploys the EMA of the student either way. Its pseudo-labels come from the frozen
-source model by default (`teacher="source"`), or from that EMA model (`teacher="ema"`, the paper),
-which feeds the student's changes back into its own labels.
+The student learns the labels of a clean view from a noisy one (`noise-background`) and the EMA of the
+student is deployed. FixMatch's reference labeler, the model being trained (`teacher="model"`), feeds every
+step's change into the next step's labels and collapses on the benchmark's shifts; its EMA (`teacher="ema"`,
+the default) lags the student and pulls it back (docs/experiments.md, "FixMatch: why it collapses").
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .health import HealthBounds, Snapshot, collapse, snapshot, verdict
 from .validation import dice_scores, mean_prediction
 
 STRATEGIES = ("mean-teacher", "fixmatch")
-TEACHERS = ("source", "ema")
+TEACHERS = ("source", "ema", "model")
 SELECT_ON = ("last", "pseudo", "labels")
 TEACHER_HORIZONS = 3.0  # the EMA labels (teacher="ema"): its time constant sets how far self-training moves
 AVERAGE_HORIZONS = 10.0  # the EMA only deployed (source teacher): it averages the student's noise, with a short lag
@@ -50,7 +51,7 @@ class AdaptConfig:
     """
 
     strategy: str = "mean-teacher"
-    teacher: str | None = None  # mean-teacher pseudo-labels: source | ema; None = source (ema with --from-scratch)
+    teacher: str | None = None  # who labels (`labeler`); None = the strategy's default
     joint: bool = False
     filter: str = "masking"
     consensus: str = "agree"
@@ -84,18 +85,17 @@ class AdaptConfig:
     @property
     def views(self) -> tuple[str, str]:
         """(teacher, student) view names. Defaults: geometry only for the teacher (blur dilates the
-        source model's masks); for the mean-teacher student noise, an illumination ramp and an additive
-        smooth background (it learns the confident labels under uneven light and out-of-focus haze);
-        strong intensity for FixMatch."""
-        student = "noise-background" if self.strategy == "mean-teacher" else "strong-intensity"
-        return self.teacher_view or "none", self.student_view or student
+        source model's masks); for the student noise, an illumination ramp and an additive smooth
+        background (it learns the confident labels under uneven light and out-of-focus haze)."""
+        return self.teacher_view or "none", self.student_view or "noise-background"
 
     @property
     def labeler(self) -> str:
-        """Who makes the pseudo-labels: "source" (the frozen source model), "ema" (the EMA model) or "model" (FixMatch)."""
-        if self.strategy != "mean-teacher":
-            return "model"
-        return self.teacher or ("ema" if self.from_scratch else "source")
+        """Who makes the pseudo-labels: "source" (the frozen source model), "ema" (the EMA model) or "model"
+        (the model being trained). Mean teacher: source (ema from scratch); FixMatch: ema."""
+        if self.teacher is not None:
+            return self.teacher
+        return "ema" if self.strategy == "fixmatch" or self.from_scratch else "source"
 
     @property
     def momentum(self) -> float:
@@ -131,8 +131,10 @@ class AdaptConfig:
             raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
         if self.teacher is not None and self.teacher not in TEACHERS:
             raise ConfigError(f"--teacher must be one of {', '.join(TEACHERS)}, not '{self.teacher}'")
-        if self.teacher is not None and self.strategy != "mean-teacher":
-            raise ConfigError("--teacher needs --strategy mean-teacher (FixMatch labels with the model itself)")
+        allowed = ("source", "ema") if self.strategy == "mean-teacher" else ("ema", "model")
+        if self.teacher is not None and self.teacher not in allowed:
+            raise ConfigError(f"--teacher {self.teacher} does not go with --strategy {self.strategy}; "
+                              f"choose one of {', '.join(allowed)}")
         if self.teacher == "source" and self.from_scratch:
             raise ConfigError("--teacher source cannot start --from-scratch: the source model is the teacher")
         if self.select_on not in SELECT_ON:
@@ -164,7 +166,7 @@ class SelfTrainingStrategy:
         self.target, self.source, self.val = target, source, val
         # average: the EMA of the student (deployed); teacher: makes the pseudo-labels (the average, or the source model)
         self.average = self.teacher = None
-        if cfg.strategy == "mean-teacher":
+        if cfg.labeler != "model":
             self.average = _frozen_copy(model)
             if cfg.labeler == "ema":
                 self.teacher = self.average

@@ -181,6 +181,7 @@ def fit(strategy: Strategy, cfg: LoopConfig, *, run_dir: Path, device: str = "cp
             last_metrics = _validate(strategy, optim, logs_acc, done)
             logs_acc = {}
             if "stop" in last_metrics:
+                last_metrics["best_iteration"] = best_iteration  # health.json names the checkpoint best.pt holds
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({**last_metrics, "best": False}) + "\n")
                 raise TrainingStopped(f"{run_dir}: stopped at iteration {done}: {last_metrics['stop']}; "

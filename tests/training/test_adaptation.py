@@ -84,9 +84,10 @@ def _strategy(model, cfg, source=None):
     return SelfTrainingStrategy(model, cfg, target, val, source=source)
 
 
-def test_fixmatch_trains_on_the_strong_view_only(tiny_punet):
+def test_fixmatch_labels_with_its_ema_and_trains_on_the_student_view_only(tiny_punet):
     strat = _strategy(tiny_punet, replace(CFG, strategy="fixmatch"))
-    assert strat.teacher is None
+    assert strat.teacher is strat.average and strat.deployed is strat.average
+    assert _strategy(copy.deepcopy(tiny_punet), replace(CFG, strategy="fixmatch", teacher="model")).teacher is None
     batch = strat.sample_batch(np.random.default_rng(0))
     assert not np.allclose(batch["x_teacher"], batch["x_student"])
     seen = []
@@ -156,7 +157,8 @@ def test_source_teacher_never_moves(tiny_punet):
 
 
 @pytest.mark.parametrize("bad, match", [(dict(teacher="student"), "--teacher"),
-                                        (dict(teacher="source", strategy="fixmatch"), "mean-teacher"),
+                                        (dict(teacher="source", strategy="fixmatch"), "does not go with --strategy fixmatch"),
+                                        (dict(teacher="model"), "does not go with --strategy mean-teacher"),
                                         (dict(teacher="source", joint=True, from_scratch=True), "from-scratch")])
 def test_teacher_option_is_checked(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -169,7 +171,8 @@ def test_who_makes_the_pseudo_labels():
     assert CFG.fixed_labels and not replace(CFG, teacher="ema").fixed_labels
     assert not replace(CFG, teacher_view="weak").fixed_labels and not replace(CFG, normalization="patch").fixed_labels
     assert replace(CFG, joint=True, from_scratch=True).labeler == "ema"  # no source model to label with
-    assert replace(CFG, strategy="fixmatch").labeler == "model"
+    assert replace(CFG, strategy="fixmatch").labeler == "ema"  # the model itself feeds back and collapses
+    assert replace(CFG, strategy="fixmatch", teacher="model").labeler == "model"
 
 
 def test_source_labels_are_whole_image_maps_cropped_and_flipped_with_the_patch(tiny_punet):

@@ -99,6 +99,7 @@ def test_collapse_stops_the_run_and_keeps_the_last_healthy_checkpoint(tiny_check
     assert load_checkpoint(run / "latest.pt")["iteration"] == 2  # the collapsed state was not saved
     health = json.loads((run / "health.json").read_text())
     assert health["verdict"] == "collapsed" and health["history"][-1]["iteration"] == 4
+    assert health["best_iteration"] == 2  # what best.pt holds, as the message says
     assert "stopped" in health["sentence"]
 
 
@@ -174,7 +175,7 @@ def test_a_run_that_is_never_healthy_leaves_the_source_model_as_best(tiny_checkp
     monkeypatch.setattr(SelfTrainingStrategy, "on_step_end", towards_foreground)
     run = tmp_path / "run"
     with pytest.raises(TrainingStopped, match="collapsed towards foreground.*no validation was healthy.*source model"):
-        adapt(source, images, run_dir=run, config=replace(CFG, strategy="fixmatch", iterations=6))
+        adapt(source, images, run_dir=run, config=replace(CFG, strategy="fixmatch", teacher="model", iterations=6))
     health = json.loads((run / "health.json").read_text())
     assert 1 / 3 < health["source"]["foreground"] < 0.9 and health["history"][0]["val_foreground"] > 0.95
     assert health["verdict"] == "collapsed" and health["best_iteration"] == 0
