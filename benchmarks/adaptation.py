@@ -1,7 +1,7 @@
 """Does adaptation help? Target dice over several synthetic shifts, seeds and methods.
 
     python benchmarks/adaptation.py [--out benchmarks/_adaptation] [--seeds 0 1 2]
-        [--shifts appearance dim-gradient haze ...] [--rows all|core|masking|teachers] [--punet punet-small] [--quick]
+        [--shifts appearance dim-gradient haze ...] [--rows all|core|masking|teachers|fixmatch|fixmatch-alone|fixmatch-ablation|joint] [--punet punet-small] [--quick]
 
 For every shift the table first prints its preconditions, measured with the PUNet
 source model on the labeled target test images: source dice, the share of error
@@ -70,6 +70,7 @@ ABLATION_ROWS = {  # FixMatch one factor at a time (--rows fixmatch-ablation); n
 FIXMATCH = ("PUNet mean-teacher masking", "PUNet FixMatch masking (EMA labels, alignment)")
 ROW_SETS = {"core": ("PUNet mean-teacher masking", "PUNet mean-teacher none"), "masking": ("PUNet mean-teacher masking",),
             "fixmatch": FIXMATCH, "fixmatch-alone": FIXMATCH[1:], "fixmatch-ablation": (*FIXMATCH, *ABLATION_ROWS),
+            "joint": ("PUNet joint AdaMT masking", "PUNet joint AdaMatch masking"),
             "teachers": ("PUNet mean-teacher masking", "PUNet EMA-teacher masking", "PUNet EMA-teacher none")}
 
 

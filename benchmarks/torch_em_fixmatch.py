@@ -10,7 +10,8 @@ Runs with the torch-em venv's python, not probda's:
 Per seed: a torch-em ProbabilisticUNet trained on the 12 source images with torch-em's
 ProbabilisticUNetTrainer (ELBO via ProbabilisticUNetLoss, 200 it, batch 4, 96 px patches, flips,
 Adam 1e-3). Per shift and lr: torch-em's FixMatchTrainer, unsupervised only, ProbabilisticPseudoLabeler
-(sigmoid, confidence 0.9, 16 prior samples, consensus masking), ProbabilisticUNetLoss, distribution
+(sigmoid, confidence 0.9, 16 prior samples, consensus masking; by default with the per-sample consensus
+fix, see PerSamplePseudoLabeler), ProbabilisticUNetLoss, distribution
 alignment to the source labels' [bg, fg] fractions, the paper scripts' weak/strong views
 (torch_em.transform.raw GaussianBlur / AdditiveGaussianNoise / RandomContrast, get_raw_transform).
 Evaluation: mean of 16 sigmoid prior samples of the whole (per-image standardised) test image,
