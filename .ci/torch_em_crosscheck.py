@@ -9,7 +9,7 @@ Steps, run by .ci/torch_em_crosscheck.sh in two environments:
                     wrote and compare outputs for the same input and z (5e-5 of their scale).
   deploy OUT_DIR    (python with probda): write each case's segmentation image
                     (NAME.tif, float32) and the K latent draws `probda segment`
-                    uses for it (probda_deploy.runtime.sampler.latent_eps).
+                    uses for it (probda_deploy.method.latent_eps).
   reference OUT_DIR (python with torch-em): torch-em's own forward() + sample()
                     on that image, sample() drawing z = mu + sigma * eps_k with
                     the same eps: K sigmoid maps per case.
@@ -210,7 +210,7 @@ def deploy(out: Path) -> None:
     import numpy as np
     import tifffile
 
-    from probda_deploy.runtime.sampler import latent_eps
+    from probda_deploy.method import latent_eps
 
     for i, (name, (kwargs, _, _, seg)) in enumerate(CASES.items()):
         if seg is None:

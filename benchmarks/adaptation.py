@@ -41,11 +41,10 @@ from probda_deploy.data.pairs import match_labels
 from probda_deploy.data.synthetic import write_dataset
 from probda_deploy.errors import TrainingStopped
 from probda_deploy.metrics import dice_hard, dice_soft, object_metrics
-from probda_deploy.models.checkpoint import model_from_checkpoint
-from probda_deploy.models.predict import predict_maps
+from probda_deploy.backends import load_backend
 from probda_deploy.runtime.instances import separate_instances
 from probda_deploy.training.adapt import adapt
-from probda_deploy.training.adaptation import AdaptConfig
+from probda_deploy.training.self_training import AdaptConfig
 from probda_deploy.training.config import TrainConfig
 from probda_deploy.training.source import train_source
 
@@ -101,16 +100,16 @@ def scores_of(predict, data) -> dict[str, float]:
 
 
 def model_predictor(ckpt: Path):
-    model = model_from_checkpoint(ckpt)
-    return lambda img: predict_maps(model, img, k=16, seed=0)
+    backend = load_backend(ckpt, device="cpu")
+    return lambda img: backend.predict(img, k=16, seed=0)
 
 
 def preconditions(ckpt: Path, data) -> dict[str, float]:
     """Source dice, share of error pixels with consensus < 1, share farther than 3 px from a border."""
-    model = model_from_checkpoint(ckpt)
+    predict = model_predictor(ckpt)
     dice, unsure, far, n_err = [], 0, 0, 0
     for img, lab in data:
-        maps = predict_maps(model, img, k=16, seed=0)
+        maps = predict(img)
         lab = lab > 0
         err = (maps["prob"] >= 0.5) != lab
         border = lab ^ ndimage.binary_erosion(lab)

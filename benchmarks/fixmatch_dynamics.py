@@ -23,7 +23,7 @@ import torch
 from probda_deploy.data.pairs import match_labels
 from probda_deploy.data.patches import ImageSet, PatchSampler, grid_patches, load_image_set
 from probda_deploy.models.checkpoint import load_checkpoint, model_from_checkpoint
-from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
+from probda_deploy.training.self_training import AdaptConfig, SelfTrainingStrategy
 from probda_deploy.training.health import snapshot
 from probda_deploy.training.loop import _seed_step, _to_tensors
 from probda_deploy.training.validation import dice_scores

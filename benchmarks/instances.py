@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from probda_deploy.data.synthetic import DOMAINS, make_nuclei
+from probda_deploy.method import FLOAT_MAPS
 from probda_deploy.metrics import object_metrics
 from probda_deploy.runtime.instances import InstanceConfig, component_radii, separate_instances, typical
 
@@ -131,7 +132,7 @@ def blockwise(sizes: list[int], chunk: int) -> None:
         whole = separate_instances(prob)
         t_whole = time.perf_counter() - t
         with tempfile.TemporaryDirectory() as tmp:
-            layout = oz.ZarrLayout(shape=prob.shape, chunk=chunk, levels=1, channels=oz.FLOAT_CHANNELS, mask=True, instances=True)
+            layout = oz.ZarrLayout(shape=prob.shape, chunk=chunk, levels=1, channels=FLOAT_MAPS, mask=True, instances=True)
             path = Path(tmp) / "m.ome.zarr.partial"
             oz.create_output(path, layout, metadata={})
             for i, tile in enumerate(block_grid(layout, 0)):

@@ -2,7 +2,7 @@
 
 Measured in one run, per model configuration (paper: 64 filters, depth 4; small:
 16 filters), on one HxW image (default 512x512), untiled:
-  * runtime sampler (OnnxSampler.predict) for K = 1, 4, 16, 32;
+  * runtime sampler (OnnxBackend.predict) for K = 1, 4, 16, 32;
   * the naive way: the whole model run K times (K calls of predict with K=1);
   * torch eager sampling of the same model (PUNet.sample_logits + reductions),
     channels_last, and torch.compile (the best torch variant found);
@@ -132,9 +132,9 @@ def torch_sampler(model, x, eps, *, channels_last: bool = False):
 def rss_child(folder: str, k: int, size: int, threads: int) -> None:
     import resource
 
-    from probda_deploy.runtime import OnnxSampler
+    from probda_deploy.runtime import OnnxBackend
 
-    sampler = OnnxSampler(folder, device="cpu", threads=threads)
+    sampler = OnnxBackend(folder, device="cpu", threads=threads)
     sampler.predict(image(size), k=k, seed=0, tile=None)
     # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across fork/exec
     try:
@@ -157,14 +157,14 @@ def bench_config(name: str, args, threads: int, workdir: Path) -> dict:
 
     from probda_deploy.exporters import export_onnx
     from probda_deploy.models import build_model
-    from probda_deploy.runtime import OnnxSampler
+    from probda_deploy.runtime import OnnxBackend
 
     torch.manual_seed(0)
     model = build_model("punet" if name == "paper" else "punet-small").eval()
     t0 = time.perf_counter()
     folder = export_onnx(model, workdir / f"{name}.probda", check=False)
     res = {"config": name, "filters": model.config.filters, "export_s": time.perf_counter() - t0}
-    sampler = OnnxSampler(folder, device="cpu", threads=threads)
+    sampler = OnnxBackend(folder, device="cpu", threads=threads)
     img = image(args.size)
     say(f"exported in {res['export_s']:.0f} s; runtime sampler")
     for k in (1, 4, 16, 32):
@@ -272,9 +272,9 @@ def bench_torch_em(venv: Path, args, threads: int, workdir: Path) -> dict:
 
 def probda_child(folder: str, size: int, threads: int, repeats: int) -> None:
     """(Run in a fresh process.) Time probda's ONNX sampler at K=16; print the best time."""
-    from probda_deploy.runtime import OnnxSampler
+    from probda_deploy.runtime import OnnxBackend
 
-    sampler = OnnxSampler(folder, device="cpu", threads=threads)
+    sampler = OnnxBackend(folder, device="cpu", threads=threads)
     img = image(size)
     print(best_time(lambda: sampler.predict(img, k=16, seed=0, tile=None), repeats))
 

@@ -78,9 +78,9 @@ def bench_big(export: Path, root: Path, size: int, samples: int, tile: int) -> d
 
 
 def bench_untiled(export: Path, samples: int, size: int = 1024, repeats: int = 3) -> dict:
-    from probda_deploy.runtime import OnnxSampler, latent_eps
+    from probda_deploy.runtime import OnnxBackend, latent_eps
 
-    sampler = OnnxSampler(export, device="cpu")
+    sampler = OnnxBackend(export, device="cpu")
     img = synthetic(np.arange(size), np.arange(size))
     eps = latent_eps(0, "x.tif", samples, sampler.latent_dim)
     sampler.predict(img, eps=eps, tile=None)

@@ -327,7 +327,7 @@ def main():
                              "collapsed": bool(fg_ratio < 0.1 or bg_ratio < 0.1), "seconds": secs, "curve": curve})
                 res_path.write_text(json.dumps(
                     {"labeler": args.labeler, "source_distribution_from": "source labels", "rows": rows}, indent=1))
-    print(f"\n| seed | shift | source dice | lr | alignment | iterations | FixMatch dice | fg ratio to source | collapsed | seconds |")
+    print("\n| seed | shift | source dice | lr | alignment | iterations | FixMatch dice | fg ratio to source | collapsed | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['shift']} | {r['source_dice']:.3f} | {r['lr']:g} | {'on' if r.get('alignment', True) else 'off'} | "

@@ -211,7 +211,7 @@ def probda_child(args, variant: str) -> dict:
     import torch
 
     from probda_deploy.models import build_model
-    from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
+    from probda_deploy.training.self_training import AdaptConfig, SelfTrainingStrategy
     from probda_deploy.training.loop import LoopConfig, fit
     from probda_deploy.training.pseudo_labels import source_maps
     from probda_deploy.training.source import SupervisedStrategy
@@ -259,7 +259,7 @@ def profile_breakdown(args, val_every: int = 100) -> list[tuple[str, float, floa
     import torch
 
     from probda_deploy.models import build_model
-    from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
+    from probda_deploy.training.self_training import AdaptConfig, SelfTrainingStrategy
     from probda_deploy.training.loop import MEMORY_FORMAT, _to_tensors
     from probda_deploy.training.losses import L2_WEIGHT, RECONSTRUCTION, l2_norms
     from probda_deploy.models.punet import kl_diag_gaussians

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data.synthetic import write_dataset
-from .training.adaptation import AdaptConfig
+from .training.self_training import AdaptConfig
 from .training.health import HEALTH_FILE
 from .training.config import TrainConfig
 

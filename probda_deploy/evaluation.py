@@ -26,10 +26,11 @@ import numpy as np
 
 from .data.io import list_images, read_image, read_label
 from .data.pairs import match_labels
-from .errors import ConfigError, LabelMatchError, ProbdaError
+from .errors import LabelMatchError, ProbdaError
 from .files import write_text_atomic
+from .method import ALL_MAPS, check_samples, latent_eps
 from .metrics import CalibrationBins, image_metrics, object_metrics
-from .runtime.instances import LEAST_CERTAIN, InstanceConfig, instance_config, least_certain, object_table, separate_instances
+from .runtime.instances import LEAST_CERTAIN, InstanceConfig, instance_config, label_planes, least_certain, plane_objects
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ def evaluate_model(
     Raises:
         ConfigError: bad option values; ProbdaError: unusable model or no images.
     """
-    if samples < 1:
-        raise ConfigError(f"--samples {samples}: need at least 1 sample")
+    check_samples(samples)
     cfg = instance_config(threshold, seed_height, min_size, split)  # also checks the threshold
     t0 = time.perf_counter()
     pairs, failed = _pairs(images, labels)
@@ -237,13 +237,11 @@ def _evaluate_one(predict: Predictor, img_path: Path, lab_path: Path | None, cfg
     slices = image[None] if image.ndim == 2 else image
     maps = predict(image, img_path.name)  # (Z, H, W) maps of stacks, (H, W) of 2D images
     maps = {key: (maps[key][None] if image.ndim == 2 else maps[key]).astype(np.float32)
-            for key in ("prob", "consensus", "std", "boundary") if key in maps}
+            for key in ALL_MAPS if key in maps}
     fg_pred = float((maps["prob"] >= threshold).mean())
     boundary = maps.get("boundary")  # boundary models: instances split at the predicted boundaries, as `segment` does
-    instances = [separate_instances(p, cfg, None if boundary is None else boundary[z]) for z, p in enumerate(maps["prob"])]
-    objects = ({"image": img_path.name, **({"z": z} if image.ndim == 3 else {}), **r}
-               for z, inst in enumerate(instances)
-               for r in object_table(inst, {k: maps[k][z] for k in ("prob", "consensus", "std")}))
+    instances = label_planes(maps["prob"], cfg, boundary)  # as `probda segment` labels them
+    objects = ({"image": img_path.name, **r} for r in plane_objects(instances, maps, stack=image.ndim == 3))
     values: dict[str, Any] = {"foreground_pred": fg_pred, "mean_consensus": float(maps["consensus"].mean())}
     if label is None:
         values.update(dice_hard=None, dice_soft=None, iou=None, foreground_true=None)
@@ -288,9 +286,9 @@ def _prune_maps(report: EvalReport, keep: int, pinned: set[str]) -> None:
 def load_predictor(model: Any, *, samples: int, seed: int, device: str) -> tuple[Predictor, dict[str, str]]:
     """A function (image (H, W) or (Z, H, W) float32, file name) -> {"prob", "consensus", "std"} and facts about it.
 
-    Checkpoints and modules run on the torch backend, export folders on onnxruntime,
-    both through the runtime's one engine (`backends.load_backend`) with the latent
-    draws of `probda segment`, so a checkpoint and its export give the same maps.
+    Checkpoints and modules run on the torch backend, export folders on onnxruntime, both through the
+    one engine (`backends.load_backend`) with the latent draws of `probda segment`, so a checkpoint and
+    its export give the same maps.
 
     Returns:
         (predict, {"model", "kind", "device", "provider"}).
@@ -298,8 +296,8 @@ def load_predictor(model: Any, *, samples: int, seed: int, device: str) -> tuple
     Raises:
         CheckpointError, RuntimeModelError: unusable model path.
     """
-    from .backends import TorchSampler, load_backend
-    from .runtime import MemorySink, latent_eps, predict_image
+    from .backends import load_backend
+    from .runtime import MemorySink, predict_image
 
     backend = load_backend(model, device=device)
 
@@ -310,11 +308,10 @@ def load_predictor(model: Any, *, samples: int, seed: int, device: str) -> tuple
         predict_image(backend, image, sink, eps=eps)
         return sink.result()
 
-    torch_backend = isinstance(backend, TorchSampler)
     label = str(model) if isinstance(model, (str, Path)) else type(model).__name__
     providers = ", ".join(backend.providers)
-    dev = backend.device if torch_backend else ("cuda" if "CUDA" in providers else "cpu")
-    provider = providers if torch_backend else f"onnxruntime {providers}"
+    dev = "cuda" if "cuda" in providers.lower() else "cpu"
+    provider = providers if providers.startswith("torch") else f"onnxruntime {providers}"
     return predict, {"model": label, "kind": backend.kind, "device": dev, "provider": provider}
 
 

@@ -11,7 +11,7 @@ import torch
 
 from probda_deploy import metrics
 from probda_deploy.data.io import read_image, read_label
-from probda_deploy.data.normalize import standardize
+from probda_deploy.method import standardize
 from probda_deploy.data.synthetic import write_dataset
 from probda_deploy.errors import CheckpointError, ConfigError
 from probda_deploy.evaluation import ROW_FIELDS, evaluate_model, write_eval

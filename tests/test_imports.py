@@ -72,7 +72,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 50 and "probda_deploy.runtime.predict" in graph["probda_deploy.runtime.sampler"]
+    assert len(graph) > 50 and "probda_deploy.runtime.predict" in graph["probda_deploy.runtime.backend"]
     cycle = find_cycle(graph)
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
@@ -95,9 +95,23 @@ def test_no_cycles_between_parts():
     assert not cycle, "import cycle between parts: " + " -> ".join(cycle)
 
 
-def test_runtime_imports_only_runtime_data_errors_files():
-    allowed = {"probda_deploy.runtime", "probda_deploy.data", "probda_deploy.errors", "probda_deploy.files"}
+def test_runtime_imports_only_runtime_data_method_errors_files():
+    allowed = {"probda_deploy.runtime", "probda_deploy.data", "probda_deploy.method", "probda_deploy.errors",
+               "probda_deploy.files"}
     for m, targets in import_graph().items():
         if m.startswith("probda_deploy.runtime"):
             outside = {".".join(t.split(".")[:2]) for t in targets} - allowed
             assert not outside, f"{m} imports {outside}"
+
+
+def test_the_onnxruntime_backend_imports_neither_torch_nor_scipy_nor_the_writers():
+    import subprocess
+    import sys
+
+    code = ("import sys, probda_deploy.runtime.onnx_backend; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'dask', 'zarr'}), "
+            "sorted(m for m in sys.modules if m.startswith('probda_deploy.runtime.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    heavy, runtime = out.split("] [")
+    assert heavy == "[", out  # none of them
+    assert "sinks" not in runtime and "batch" not in runtime and "predict" not in runtime, out

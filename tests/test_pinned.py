@@ -70,7 +70,7 @@ def test_adapted_checkpoint_loads_its_ema_weights(pinned, tmp_path):
 
     ckpt = load_checkpoint(pinned / "adapted.pt")
     ema = model_from_checkpoint(ckpt)
-    student = model_from_checkpoint(ckpt, teacher=False)
+    student = model_from_checkpoint(ckpt, ema=False)
     assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(ema.state_dict().values(), student.state_dict().values()))
 
 

@@ -3,90 +3,55 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .common import ConsensusRule, Device, err, handle_errors, new_run_dir, out, require_extra, resolve_device, setup_logging
+from ..method import FILTERS, HIGH, LABELERS, LOSSES, LOW, PATCH_SIZE, SELECT_ON, STRATEGIES, TRAIN_NORMALIZATIONS, VIEWS
+from .common import ConsensusRule, Device, choices, err, handle_errors, new_run_dir, out, require_extra, resolve_device, setup_logging
 
 
-class StrategyName(str, Enum):
-    mean_teacher = "mean-teacher"
-    fixmatch = "fixmatch"
-
-
-class FilterName(str, Enum):
-    masking = "masking"
-    weighting = "weighting"
-    none = "none"
-
-
-class SelectOn(str, Enum):
-    last = "last"
-    pseudo = "pseudo"
-    labels = "labels"
-
-
-class Loss(str, Enum):
-    dice = "dice"
-    bce = "bce"
-    dice_bce = "dice+bce"
-
-
-class View(str, Enum):
-    none = "none"
-    noise = "noise"
-    noise_shading = "noise-shading"
-    noise_background = "noise-background"
-    weak = "weak"
-    strong = "strong"
-    strong_intensity = "strong-intensity"
-
-
-class TeacherName(str, Enum):
-    source = "source"
-    ema = "ema"
-    model = "model"
-
-
-class Scope(str, Enum):
-    image = "image"
-    patch = "patch"
+StrategyName = choices("StrategyName", STRATEGIES)
+FilterName = choices("FilterName", FILTERS)
+SelectOn = choices("SelectOn", SELECT_ON)
+Loss = choices("Loss", LOSSES)
+View = choices("View", VIEWS)
+TeacherName = choices("TeacherName", LABELERS)
+Scope = choices("Scope", TRAIN_NORMALIZATIONS)
 
 
 def adapt(
     source: Annotated[Path, typer.Argument(help="Source model checkpoint (.pt) from `probda train` or `probda import`.")],
     target: Annotated[Path, typer.Option("-t", "--target", help="Folder (or glob) of unlabeled target images.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Run folder; default ./runs/adapt-<timestamp>/.")] = None,
-    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (the frozen source model labels a clean view, the student learns it from a noisy one) | fixmatch (the EMA of the model labels the clean view, with distribution alignment). The EMA of the student is deployed either way; see docs/method.md.")] = StrategyName.mean_teacher,
+    strategy: Annotated[StrategyName, typer.Option("--strategy", help="mean-teacher (the frozen source model labels a clean view, the student learns it from a noisy one) | fixmatch (the EMA of the model labels the clean view, with distribution alignment). The EMA of the student is deployed either way; see docs/method.md.")] = StrategyName("mean-teacher"),
     teacher: Annotated[Optional[TeacherName], typer.Option("--teacher", help="Pseudo-labels from: source (the frozen source model; mean-teacher) | ema (the EMA model; the paper's mean teacher) | model (the model being trained; the reference FixMatch, which collapses on the benchmark's shifts). [default: source for mean-teacher (ema with --from-scratch), ema for fixmatch]")] = None,
     joint: Annotated[bool, typer.Option("--joint", help="Joint training with labeled source batches (AdaMT / AdaMatch).")] = False,
     source_images: Annotated[Optional[Path], typer.Option("--source-images", help="Labeled source images (for --joint).")] = None,
     source_labels: Annotated[Optional[Path], typer.Option("--source-labels", help="Source labels folder (for --joint).")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="With --joint: start from random weights instead of SOURCE's.")] = False,
-    filter_: Annotated[FilterName, typer.Option("--filter", help="Pseudo-label filter: masking (all samples agree), weighting (fraction), none.")] = FilterName.masking,
-    consensus: Annotated[ConsensusRule, typer.Option("--consensus", help="agree (confident and agreeing with the pseudo-label) | confident (reference code).")] = ConsensusRule.agree,
+    filter_: Annotated[FilterName, typer.Option("--filter", help="Pseudo-label filter: masking (all samples agree), weighting (fraction), none.")] = FilterName("masking"),
+    consensus: Annotated[ConsensusRule, typer.Option("--consensus", help="agree (confident and agreeing with the pseudo-label) | confident (reference code).")] = ConsensusRule("agree"),
     samples: Annotated[int, typer.Option("--samples", help="PUNet prior samples per pseudo-label (paper: 16).")] = 16,
-    upper: Annotated[float, typer.Option("--upper", help="Confident-foreground threshold.")] = 0.9,
-    lower: Annotated[float, typer.Option("--lower", help="Confident-background threshold.")] = 0.1,
+    upper: Annotated[float, typer.Option("--threshold-high", "--upper", help="Consensus: a sample is confident foreground at >= this.")] = HIGH,
+    lower: Annotated[float, typer.Option("--threshold-low", "--lower", help="Consensus: a sample is confident background at <= this.")] = LOW,
     iterations: Annotated[int, typer.Option("--iterations", help="Total iterations (paper: 10000 on a GPU).")] = 1000,
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="[default: 256 on CUDA, 128 on CPU]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="(paper: 2)")] = 4,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (paper: 1e-5 at 10k iterations).")] = 3e-4,
     ema: Annotated[Optional[float], typer.Option("--ema", help="EMA momentum of the deployed model (the teacher too with --teacher ema) [default: 1 - 10 / iterations (0.99 for 1000); with --teacher ema 1 - 3 / iterations (0.997)] (paper: 0.999 over 10k steps).")] = None,
     distribution_alignment: Annotated[Optional[bool], typer.Option("--distribution-alignment/--no-distribution-alignment", help="Keep the target foreground fraction at the source model's (per-class ratios) [default: on for fixmatch, off for mean-teacher].")] = None,
-    loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss.dice,
+    loss: Annotated[Loss, typer.Option("--loss", help="Pseudo-label loss (weighted by the consensus filter).")] = Loss("dice"),
     teacher_view: Annotated[Optional[View], typer.Option("--teacher-view", help="Augmentation of the view pseudo-labels are made on [default: none = flips/rotations only; reference: weak].")] = None,
     student_view: Annotated[Optional[View], typer.Option("--student-view", help="[default: noise-background; reference: weak for mean-teacher, strong for fixmatch].")] = None,
-    normalization: Annotated[Scope, typer.Option("--normalization", help="image (whole-image statistics, as prediction) | patch (reference code).")] = Scope.image,
+    normalization: Annotated[Scope, typer.Option("--normalization", help="image (whole-image statistics, as prediction) | patch (reference code).")] = Scope("image"),
     target_labels: Annotated[Optional[Path], typer.Option("--target-labels", help="Target labels: also log true dice on held-out target images.")] = None,
-    select_on: Annotated[SelectOn, typer.Option("--select-on", help="best.pt = the latest healthy checkpoint (last), the best teacher-student agreement (pseudo) or, with --target-labels, true dice (labels).")] = SelectOn.last,
+    select_on: Annotated[SelectOn, typer.Option("--select-on", help="best.pt = the latest healthy checkpoint (last), the best teacher-student agreement (pseudo) or, with --target-labels, true dice (labels).")] = SelectOn("last"),
     val_every: Annotated[int, typer.Option("--val-every")] = 100,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest.pt.")] = False,
-    device: Annotated[Device, typer.Option("--device")] = Device.auto,
+    device: Annotated[Device, typer.Option("--device")] = Device("auto"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Adapt SOURCE to unlabeled TARGET images by consensus-filtered self-training."""
@@ -94,14 +59,14 @@ def adapt(
     setup_logging(quiet)
     from ..errors import ConfigError
     from ..training.adapt import adapt as run_adapt
-    from ..training.adaptation import AdaptConfig
+    from ..training.self_training import AdaptConfig
 
-    if select_on is SelectOn.labels and target_labels is None:
+    if select_on is SelectOn("labels") and target_labels is None:
         raise ConfigError("--select-on labels needs --target-labels")
     if resume and output is None:
         raise ConfigError("--resume needs -o/--output pointing at the run to continue")
     dev = resolve_device(device)
-    patch_size = patch_size or (128 if dev == "cpu" else 256)
+    patch_size = patch_size or PATCH_SIZE[dev]
     cfg = AdaptConfig(strategy=strategy.value, teacher=teacher and teacher.value, joint=joint, filter=filter_.value, consensus=consensus.value,
                       samples=samples, upper=upper, lower=lower, iterations=iterations, batch_size=batch_size,
                       patch_size=patch_size, lr=lr, ema=ema, distribution_alignment=distribution_alignment,

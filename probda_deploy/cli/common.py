@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -20,20 +19,19 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ProbdaError
+from ..method import CONSENSUS_RULES, DEVICES
 
 out = Console()
 err = Console(stderr=True)
 
 
-class ConsensusRule(str, Enum):
-    agree = "agree"
-    confident = "confident"
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of `values` (each member named and valued by its string) for Typer options."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+ConsensusRule = choices("ConsensusRule", CONSENSUS_RULES)
+Device = choices("Device", DEVICES)
 
 
 class _OncePerMessage(logging.Filter):
@@ -97,17 +95,10 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 def resolve_device(device: Device | str) -> str:
-    """auto -> cuda if available else cpu; cuda without a GPU falls back to cpu with a warning."""
-    import torch
+    """auto -> cuda if torch sees a GPU, else cpu; cuda without a GPU falls back to cpu with a warning."""
+    from ..backends import torch_device
 
-    device = Device(device)
-    has_cuda = torch.cuda.is_available()
-    if device is Device.cuda and not has_cuda:
-        err.print("[yellow]warning:[/] --device cuda requested but no CUDA GPU is available to torch; using cpu")
-        return "cpu"
-    if device is Device.auto:
-        return "cuda" if has_cuda else "cpu"
-    return device.value
+    return torch_device(Device(device).value)
 
 
 def new_run_dir(command: str, output: Path | None) -> Path:
@@ -141,6 +132,6 @@ def make_progress(quiet: bool) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        disable=quiet or not sys.stderr.isatty() and False,
+        disable=quiet,
         transient=False,
     )

@@ -15,10 +15,10 @@ from .common import Device, err, handle_errors, make_progress, out, require_extr
 def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for data, runs and outputs.")] = Path("demo_out"),
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: Annotated[Device, typer.Option("--device")] = Device.auto,
+    device: Annotated[Device, typer.Option("--device")] = Device("auto"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Synthetic data -> train -> adapt -> export ONNX -> segment -> bioimage.io -> report (~6-10 min on 2 CPU cores)."""
+    """Synthetic data -> train -> adapt -> export ONNX -> segment -> bioimage.io -> report (minutes on a CPU)."""
     require_extra("train", "probda demo")
     require_extra("zoo", "probda demo")
     setup_logging(quiet=True)

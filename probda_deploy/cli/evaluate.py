@@ -31,7 +31,7 @@ def evaluate(
     min_size: Annotated[int, typer.Option("--min-size", help="Instances: objects smaller than this (px) join a touching object or are dropped.")] = 15,
     split: Annotated[float, typer.Option("--split", min=0.0, help="Instances: split objects further by seeds scaled to the objects' size where every piece has at least this fraction of the median object's area (pressed nuclei); 0 = off.")] = 0.6,
     seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device("auto"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (batch jobs).")] = False,
 ) -> None:
     """Evaluate MODEL on IMAGES against LABELS and print a per-image table with means."""

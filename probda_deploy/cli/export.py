@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .common import ConsensusRule, err, handle_errors, newest_checkpoint, out, require_extra, setup_logging
+from ..method import EXPORT_FORMATS, HIGH, LOW, consensus_spec
+from .common import ConsensusRule, choices, err, handle_errors, newest_checkpoint, out, require_extra, setup_logging
 
 HELP = "Export a checkpoint: an ONNX folder for `probda segment`, or a bioimage.io model zoo package."
 
 
-class Format(str, Enum):
-    onnx = "onnx"
-    bioimageio = "bioimageio"
+Format = choices("Format", EXPORT_FORMATS)
 
 
 def export(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="probda checkpoint (.pt); default: newest runs/*/best.pt.")] = None,
-    format: Annotated[Format, typer.Option("--format", "-f", help="onnx (folder NAME.probda) or bioimageio (zip).")] = Format.onnx,
+    format: Annotated[Format, typer.Option("--format", "-f", help="onnx (folder NAME.probda) or bioimageio (zip).")] = Format("onnx"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="NAME.probda folder (onnx) or OUT.zip (bioimageio).")] = None,
     samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Default K (onnx) / baked-in K (bioimageio).")] = 16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export folder (onnx).")] = False,
-    consensus_rule: Annotated[ConsensusRule, typer.Option(help="Consensus rule: agree (probda) or confident (reference code).")] = ConsensusRule.agree,
-    threshold_high: Annotated[float, typer.Option(min=0.5, max=1.0, help="Consensus: a sample is confident foreground at >= this.")] = 0.9,
-    threshold_low: Annotated[float, typer.Option(min=0.0, max=0.5, help="Consensus: a sample is confident background at <= this.")] = 0.1,
+    consensus_rule: Annotated[ConsensusRule, typer.Option(help="Consensus rule: agree (probda) or confident (reference code).")] = ConsensusRule("agree"),
+    threshold_high: Annotated[float, typer.Option(min=0.5, max=1.0, help="Consensus: a sample is confident foreground at >= this.")] = HIGH,
+    threshold_low: Annotated[float, typer.Option(min=0.0, max=0.5, help="Consensus: a sample is confident background at <= this.")] = LOW,
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset (onnx format).")] = 20,
     name: Annotated[Optional[str], typer.Option(help="bioimageio: model name.")] = None,
     description: Annotated[Optional[str], typer.Option(help="bioimageio: one-line description.")] = None,
@@ -37,15 +35,16 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and the summary.")] = False,
 ) -> None:
     """Export CHECKPOINT (default: the newest run's best.pt) to ONNX or bioimage.io."""
-    require_extra("zoo" if format is Format.bioimageio else "train", f"probda export --format {format.value}")
+    require_extra("zoo" if format is Format("bioimageio") else "train", f"probda export --format {format.value}")
     setup_logging(quiet)
     note = ""
     if checkpoint is None:
         checkpoint = newest_checkpoint()
         note = " (newest run's best.pt)"
-    if format is Format.bioimageio:
+    if format is Format("bioimageio"):
         _export_bioimageio(checkpoint, output, name=name, description=description, authors=authors, license=license,
-                           test_image=test_image, samples=samples, seed=seed)
+                           test_image=test_image, samples=samples, seed=seed,
+                           consensus=consensus_spec(consensus_rule.value, threshold_high, threshold_low))
         return
     from ..exporters.onnx import export_onnx
 

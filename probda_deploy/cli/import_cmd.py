@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from .common import handle_errors, out, require_extra, setup_logging
+from ..method import TORCH_EM_NORMS
+from .common import choices, handle_errors, out, require_extra, setup_logging
 
 
-class Norm(str, Enum):
-    none = "none"
-    InstanceNorm = "InstanceNorm"
-    InstanceNormTrackStats = "InstanceNormTrackStats"
-    GroupNorm = "GroupNorm"
-    BatchNorm = "BatchNorm"
+Norm = choices("Norm", ("none", *TORCH_EM_NORMS))
 
 
 @handle_errors
@@ -57,7 +52,7 @@ def import_command(
     from ..models.checkpoint import save_checkpoint
     from ..models.importer import import_checkpoint
 
-    norm_arg = None if norm is None else (None if norm is Norm.none else norm.value)
+    norm_arg = None if norm is None else (None if norm is Norm("none") else norm.value)
     kwargs = {} if norm is None else {"norm": norm_arg}
     result = import_checkpoint(checkpoint, trust=trust, teacher=use_teacher, **kwargs)
     save_checkpoint(result.checkpoint, output)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..method import FLOAT_MAPS
 from .common import handle_errors, out, require_extra
 
 
@@ -43,7 +44,7 @@ def _history_table(lines: list[dict], last: int = 15) -> Table:
 
 
 def describe_checkpoint(path: Path) -> None:
-    from ..models.checkpoint import load_checkpoint
+    from ..models.checkpoint import ema_state, load_checkpoint
 
     ckpt = load_checkpoint(path)
     n_params = sum(v.numel() for v in ckpt["state_dict"].values())
@@ -59,7 +60,7 @@ def describe_checkpoint(path: Path) -> None:
         "best metric": str(ckpt.get("best_metric", "-")),
         "metrics": metrics,
         "sample diversity": diversity,
-        "deploys": "EMA model weights" if "teacher_state_dict" in ckpt else "model weights",
+        "deploys": "EMA model weights" if ema_state(ckpt) is not None else "model weights",
         "normalization": ckpt.get("normalization", {}),
         "train config": ckpt.get("train_config", {}),
         "adapt config": ckpt.get("adapt_config", "-"),
@@ -86,7 +87,7 @@ def describe_export(folder: Path) -> None:
         "model": f"{m['kind']} ({model.get('class', '-')}), latent dim {m.get('latent_dim', '-')}",
         "model config": model.get("config", {}),
         "samples (default K)": str(m.get("default_samples", 1)),
-        "maps": ", ".join(m.get("maps", ("prob", "consensus", "std"))),
+        "maps": ", ".join(m.get("maps", FLOAT_MAPS)),
         "consensus": f"{c.get('rule', '-')} ({c.get('threshold_high', '-')}/{c.get('threshold_low', '-')})" if c else "-",
         "normalization": m.get("normalization", {}),
         "tiling": _tiling(m),

@@ -6,19 +6,16 @@ fly (this needs torch) into a cache keyed by its sha256 and reused after that.
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .common import Device, err, handle_errors, make_progress, out, require_extra, setup_logging
+from ..method import OUTPUT_FORMATS
+from .common import Device, choices, err, handle_errors, make_progress, out, require_extra, setup_logging
 
 
-class OutFormat(str, Enum):
-    auto = "auto"
-    tif = "tif"
-    ome_zarr = "ome-zarr"
+OutFormat = choices("OutFormat", OUTPUT_FORMATS)
 
 
 HELP = "Segment images with an exported model (NAME.probda folder) or a probda checkpoint (.pt)."
@@ -32,7 +29,7 @@ def segment(
     samples: Annotated[Optional[int], typer.Option("--samples", "-k", min=1, help="Prior samples K (default: the model's, 16).")] = None,
     tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels; 0 = never tile (default: tile images with a side > 1536 px).")] = None,
     halo: Annotated[Optional[int], typer.Option(min=0, help="Context around each tile (default: the network's receptive field).")] = None,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda (onnxruntime execution provider).")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda (onnxruntime execution provider).")] = Device("auto"),
     threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime intra-op threads (default: physical cores).")] = None,
     outputs: Annotated[str, typer.Option(help="Comma-separated subset of mask,prob,consensus,std,boundary,labels,instances,objects (boundary: models trained with --boundaries).")] = "mask,prob,consensus,std",
     instances: Annotated[bool, typer.Option("--instances", help="Also one id per object (NAME_instances.tif, or labels/instances in OME-Zarr; seeded watershed) and the per-object table NAME_objects.csv; the summary lists the least certain objects. Models trained with --boundaries split touching objects at their predicted boundaries.")] = False,
@@ -44,7 +41,7 @@ def segment(
     normalize: Annotated[str, typer.Option(help="Standardisation: image (whole image), tile, or none.")] = "image",
     resume: Annotated[bool, typer.Option("--resume", help="Skip images whose outputs all exist; redo only unwritten blocks of OME-Zarr outputs.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    fmt: Annotated[OutFormat, typer.Option("--format", help="Outputs: tif, ome-zarr, or auto (OME-Zarr for .zarr inputs and images above 4096x4096 px).")] = OutFormat.auto,
+    fmt: Annotated[OutFormat, typer.Option("--format", help="Outputs: tif, ome-zarr, or auto (OME-Zarr for .zarr inputs and images above 4096x4096 px).")] = OutFormat("auto"),
     workers: Annotated[int, typer.Option(min=1, help="Dask LocalCluster worker processes (> 1 runs on Dask).")] = 1,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://HOST:8786.")] = None,
     preview: Annotated[bool, typer.Option("--preview", help="Also write OUT_DIR/preview/NAME.png: image, mask outline (red), low-consensus pixels (yellow).")] = False,
@@ -58,7 +55,8 @@ def segment(
     setup_logging(quiet)
     from ..errors import ConfigError
     from ..runtime.batch import segment as run_segment
-    from ..runtime.outputs import INSTANCE_OUTPUTS, parse_outputs
+    from ..method import INSTANCE_OUTPUTS
+    from ..runtime.outputs import parse_outputs
 
     outputs = ",".join(dict.fromkeys([*parse_outputs(outputs), *(INSTANCE_OUTPUTS if instances else ())]))
     inputs = [*(inputs or []), *(more or [])]

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..method import PATCH_SIZE
 from .common import Device, err, handle_errors, new_run_dir, out, require_extra, resolve_device, setup_logging
 
 
@@ -29,7 +30,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed [default: 0].")] = None,
     boundaries: Annotated[Optional[bool], typer.Option("--boundaries/--no-boundaries", help="Also learn object boundaries from instance labels (a second output; `probda segment --instances` splits touching objects at them).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest.pt.")] = False,
-    device: Annotated[Device, typer.Option("--device", help="auto | cpu | cuda")] = Device.auto,
+    device: Annotated[Device, typer.Option("--device", help="auto | cpu | cuda")] = Device("auto"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a PUNet (ELBO) or UNet (dice) on labeled source images."""
@@ -46,7 +47,7 @@ def train(
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     dev = resolve_device(device)
     if patch_size is None and "patch_size" not in (_toml_keys(config) if config else set()) and dev == "cpu":
-        cfg = replace(cfg, patch_size=128)  # CPU budget: 4x cheaper steps than 256 px
+        cfg = replace(cfg, patch_size=PATCH_SIZE["cpu"])
     if resume and output is None:
         raise ConfigError("--resume needs -o/--output pointing at the run to continue")
     run_dir = new_run_dir("train", output)

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .normalize import standardize_batch
-
-AUGMENT_PRESETS = ("paper", "robust")
+from ..method import VIEWS, standardize_batch
 
 
 def flip_rotate(rng: np.random.Generator, *arrays: np.ndarray, rotate: bool = True) -> tuple[np.ndarray, ...]:
@@ -154,7 +152,8 @@ WEAK = ViewAugment()
 STRONG = ViewAugment(blur=(1.0, 4.0), noise=(0.1, 0.35), contrast=(0.33, 3.0), p=0.5)
 # FixMatch's strong view without blur (size-changing) and with gamma instead of the no-op contrast
 STRONG_INTENSITY = ViewAugment(blur=None, noise=(0.1, 0.35), gamma=(0.5, 2.0), p=0.5)
-VIEWS = {"none": _geometry_only, "noise": ViewAugment(blur=None, noise=(0.0, 0.15), p=0.5),
-         "weak": WEAK, "strong": STRONG, "strong-intensity": STRONG_INTENSITY,
-         "noise-shading": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), p=0.5),
-         "noise-background": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), background=2.0, p=0.5)}
+VIEW_AUGMENTS = {"none": _geometry_only, "noise": ViewAugment(blur=None, noise=(0.0, 0.15), p=0.5),
+                 "weak": WEAK, "strong": STRONG, "strong-intensity": STRONG_INTENSITY,
+                 "noise-shading": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), p=0.5),
+                 "noise-background": ViewAugment(blur=None, noise=(0.0, 0.15), shading=float(np.log(3)), background=2.0, p=0.5)}
+assert set(VIEW_AUGMENTS) == set(VIEWS), "method.VIEWS names the views defined here"

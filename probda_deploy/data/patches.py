@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, ImageReadError, ProbdaError
 from .io import read_image, read_label
-from .normalize import standardize
+from ..method import TRAIN_NORMALIZATIONS, check_choice, standardize
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +115,13 @@ def _crop(arr: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
     return arr[..., y : y + size, x : x + size]
 
 
-NORMALIZATION_SCOPES = ("image", "patch")
-
-
 def _stats(img: np.ndarray) -> tuple[float, float]:
     return float(img.mean(dtype=np.float64)), float(img.std(dtype=np.float64))
 
 
 def _image_stats(data: ImageSet, normalization: str) -> list[tuple[float, float]] | None:
     """Per-image (mean, std) for the "image" rule; None for "patch"."""
-    if normalization not in NORMALIZATION_SCOPES:
-        raise ConfigError(f"unknown normalization '{normalization}'; choose one of {', '.join(NORMALIZATION_SCOPES)}")
+    check_choice("--normalization", normalization, TRAIN_NORMALIZATIONS)
     return [_stats(im) for im in data.images] if normalization == "image" else None
 
 

@@ -1,4 +1,4 @@
-"""Exporters: ONNX folders for the runtime sampler (bioimage.io packages live in model_zoo/).
+"""Exporters: ONNX folders for the runtime backend (bioimage.io packages live in model_zoo/).
 
 Importing this package imports torch; the runtime (probda_deploy.runtime) does not.
 """

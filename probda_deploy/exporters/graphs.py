@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
+from ..method import reduce_samples
 
 
 class EncoderGraph(nn.Module):
@@ -47,38 +48,20 @@ class PriorTrunkGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """fcomb for K latents with the first conv split and the reductions fused.
+    """fcomb for K latents (`Fcomb.sample_stacked`) with the reductions of `method.reduce_samples` fused."""
 
-    W [F; z] + b = W_F F + (W_z z + b): W_F F is one conv over the features,
-    each sample adds a per-channel bias; only the remaining 1x1 convs run K times.
-    """
-
-    def __init__(self, model: nn.Module, *, rule: str, high: float, low: float):
+    def __init__(self, model: nn.Module, consensus: dict):
         super().__init__()
-        w_f, w_z, b = (t.detach().clone() for t in model.fcomb.split_first())
-        self.w_f = nn.Parameter(w_f[:, :, None, None], requires_grad=False)
-        self.w_z = nn.Parameter(w_z, requires_grad=False)
-        self.b = nn.Parameter(b, requires_grad=False)
         self.fcomb = model.fcomb
-        self.rule, self.high, self.low = rule, float(high), float(low)
+        self.rule, self.high, self.low = consensus["rule"], consensus["threshold_high"], consensus["threshold_low"]
 
     def forward(self, features: torch.Tensor, z: torch.Tensor):
-        base = F.conv2d(features, self.w_f)  # (B, C, H, W), once for all samples
-        bias = z @ self.w_z.T + self.b  # (K, B, C)
-        pre = base.unsqueeze(0) + bias[..., None, None]  # (K, B, C, H, W)
-        k, b = z.shape[0], z.shape[1]
-        logits = self.fcomb.tail(pre.flatten(0, 1))  # (K*B, classes, H, W)
-        both = torch.sigmoid(logits).reshape(k, b, *logits.shape[1:])
+        both = torch.sigmoid(self.fcomb.sample_stacked(features, z))  # (K, B, classes, H, W)
         probs = both[:, :, :1]  # foreground
-        mean = probs.mean(dim=0)
-        std = torch.sqrt(((probs - mean.unsqueeze(0)) ** 2).mean(dim=0))
-        # float masks: onnxruntime has no Where kernel for bool operands
-        hi, lo = (probs >= self.high).to(probs.dtype), (probs <= self.low).to(probs.dtype)
-        hits = torch.maximum(hi, lo) if self.rule == "confident" else torch.where(mean.unsqueeze(0) >= 0.5, hi, lo)
-        consensus = hits.mean(dim=0)
+        maps = reduce_samples(probs, rule=self.rule, high=self.high, low=self.low)
         if both.shape[2] > 1:  # boundary model: + mean probability of an object boundary
-            return mean, consensus, std, probs, both[:, :, 1:2].mean(dim=0)
-        return mean, consensus, std, probs
+            return maps["prob"], maps["consensus"], maps["std"], probs, both[:, :, 1:2].mean(dim=0)
+        return maps["prob"], maps["consensus"], maps["std"], probs
 
 
 class UNetGraph(nn.Module):

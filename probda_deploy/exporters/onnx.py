@@ -1,12 +1,9 @@
 """ONNX export of probda checkpoints: `NAME.probda/` with graphs and manifest.json.
 
-Exporter choice (measured with torch 2.13 / onnxruntime 1.3x, 2 CPU cores):
-the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) at opset 20 with
-`dynamic_shapes` given as a tuple matching the positional arguments keeps batch,
-height and width dynamic, gives cleaner graphs than the TorchScript-based exporter
-(deprecated in torch 2.9+) and runs at the same speed after onnxruntime's
-optimisation. Opset 20 is the newest opset the exporter's onnxscript functions
-cover fully and onnxruntime >= 1.17 runs. Graphs are saved as single files
+The dynamo exporter (`torch.onnx.export(..., dynamo=True)`, opset 20, `dynamic_shapes` as a tuple
+matching the positional arguments) keeps batch, height and width dynamic; the TorchScript-based
+exporter is deprecated. Opset 20 is the newest the exporter's onnxscript functions cover fully
+and onnxruntime >= 1.17 runs. Graphs are saved as single files
 (`external_data=False`); example tensors are made under `torch.no_grad()`
 (`inference_mode` tensors break the export). H and W must be multiples of
 2**(depth-1) inside the graphs: the runtime pads (reflect) before calling them.
@@ -30,13 +27,14 @@ from torch import nn
 from .. import __version__
 from ..errors import ExportError, ProbdaError
 from ..files import replace_dir
-from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+from ..method import (BOUNDARY_MAP, CLASS_THRESHOLD, DEFAULT_RULE, FLOAT_MAPS, HIGH, LOW, NORMALIZATION, check_samples,
+                      consensus_spec)
+from ..models.backend import output_classes, runtime_spec
+from ..models.checkpoint import ema_state, load_checkpoint, model_from_checkpoint
 from ..models.punet import PUNet
 from ..models.registry import model_spec
 from ..models.unet import UNet
-from ..runtime.consensus import RULES
 from ..runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file, write_manifest
-from ..models.blocks import receptive_radius
 from .graphs import DecoderGraph, EncoderGraph, PriorTrunkGraph, UNetGraph, write_prior_head
 
 log = logging.getLogger(__name__)
@@ -50,13 +48,13 @@ def export_onnx(
     *,
     samples: int = 16,
     opset: int = DEFAULT_OPSET,
-    consensus_rule: str = "agree",
-    thresholds: tuple[float, float] = (0.9, 0.1),
-    teacher: bool | None = None,
+    consensus_rule: str = DEFAULT_RULE,
+    thresholds: tuple[float, float] = (HIGH, LOW),
+    ema: bool | None = None,
     overwrite: bool = False,
     check: bool = True,
 ) -> Path:
-    """Export a probda PUNet or UNet to an ONNX folder for the runtime sampler.
+    """Export a probda PUNet or UNet to an ONNX folder for the runtime backend.
 
     Args:
         checkpoint_or_model: probda checkpoint path or a PUNet/UNet module.
@@ -65,7 +63,7 @@ def export_onnx(
         opset: ONNX opset (20 recommended, see module docstring).
         consensus_rule: "agree" (probda) or "confident" (reference code).
         thresholds: (high, low) confidence thresholds of the consensus.
-        teacher: use the checkpoint's teacher weights; None = if present.
+        ema: use the checkpoint's EMA weights (adapted runs); None = if present.
         overwrite: replace an existing folder.
         check: compare onnxruntime with torch on a small random image and
             fail if they differ by more than 1e-3.
@@ -78,22 +76,17 @@ def export_onnx(
         CheckpointError: unreadable checkpoint.
     """
     out_dir = Path(out_dir)
-    high, low = float(thresholds[0]), float(thresholds[1])
-    if consensus_rule not in RULES:
-        raise ExportError(f"--consensus-rule {consensus_rule}: unknown; choose {' or '.join(RULES)}")
-    if not 0.0 <= low < 0.5 < high <= 1.0:
-        raise ExportError(f"thresholds ({high}, {low}): need 0 <= low < 0.5 < high <= 1")
-    if samples < 1:
-        raise ExportError(f"--samples {samples}: need at least 1 sample")
+    consensus = consensus_spec(consensus_rule, *thresholds)
+    check_samples(samples)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir}: already exists; pass --overwrite or choose another -o")
-    model, ckpt, source = _load(checkpoint_or_model, teacher)
+    model, ckpt, source = _load(checkpoint_or_model, ema)
     _check_supported(model, source)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        graphs = _write_graphs(model, tmp, opset=opset, rule=consensus_rule, high=high, low=low)
-        manifest = _manifest(model, graphs, tmp, ckpt=ckpt, source=source, samples=samples, opset=opset, rule=consensus_rule, high=high, low=low)
+        graphs = _write_graphs(model, tmp, opset=opset, consensus=consensus)
+        manifest = _manifest(model, graphs, tmp, ckpt=ckpt, source=source, samples=samples, opset=opset, consensus=consensus)
         write_manifest(tmp, manifest)
         if check:
             check_export(tmp, model)
@@ -105,13 +98,13 @@ def export_onnx(
     return out_dir
 
 
-def _load(obj, teacher) -> tuple[nn.Module, dict | None, str]:
+def _load(obj, ema) -> tuple[nn.Module, dict | None, str]:
     if isinstance(obj, nn.Module):
         return obj.eval(), None, f"<{type(obj).__name__} in memory>"
     path = Path(obj)
     ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, teacher=teacher)
-    ckpt = {**ckpt, "_path": str(path), "_sha256": sha256_file(path), "_teacher": ("teacher_state_dict" in ckpt) if teacher is None else teacher}
+    model = model_from_checkpoint(ckpt, ema=ema)
+    ckpt = {**ckpt, "_path": str(path), "_sha256": sha256_file(path), "_ema": (ema_state(ckpt) is not None) if ema is None else ema}
     return model, ckpt, str(path)
 
 
@@ -125,11 +118,6 @@ def _check_supported(model: nn.Module, source: str) -> None:
             f"{source}: model has {cfg.in_channels} input channel(s) and {classes} class(es); "
             f"the ONNX runtime supports single-channel images with a foreground output (and a boundary output)"
         )
-
-
-def output_classes(model: nn.Module) -> int:
-    """Outputs of a probda model: 1 (foreground) or 2 (foreground, object boundaries: `probda train --boundaries`)."""
-    return model.config.num_classes if isinstance(model, PUNet) else model.config.out_channels
 
 
 @contextlib.contextmanager
@@ -193,7 +181,7 @@ def example_side(model: nn.Module) -> int:
     return max(4 * s, model.min_side() + s) if isinstance(model, PUNet) else 4 * s
 
 
-def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high: float, low: float) -> dict:
+def _write_graphs(model: nn.Module, folder: Path, *, opset: int, consensus: dict) -> dict:
     """Export each graph into `folder`; return the manifest's `graphs` entry."""
     cfg = model.config
     s = cfg.size_multiple
@@ -203,7 +191,7 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
         image = torch.randn(2, 1, side, side + s)
     img_axes = ({0: bat, 2: hgt, 3: wid},)
     image_shape = ["batch", 1, "height", "width"]
-    boundary = ["boundary"] if output_classes(model) == 2 else []
+    boundary = [BOUNDARY_MAP] if output_classes(model) == 2 else []
     if isinstance(model, UNet):
         _export(UNetGraph(model), (image,), img_axes, ["image"], ["prob", *boundary], folder / "model.onnx", opset)
         return {"model": _graph("model.onnx", {"image": image_shape}, {n: image_shape for n in ["prob", *boundary]})}
@@ -215,8 +203,8 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
         feats, z = torch.randn(2, c, 12, 10), torch.randn(3, 2, L)
     k = torch.export.Dim("samples")
     dec_axes = ({0: bat, 2: hgt, 3: wid}, {0: k, 1: bat})
-    outs = ["prob", "consensus", "std", "probs", *boundary]
-    _export(DecoderGraph(model, rule=rule, high=high, low=low), (feats, z), dec_axes, ["features", "z"], outs, folder / "decoder.onnx", opset)
+    outs = [*FLOAT_MAPS, "probs", *boundary]
+    _export(DecoderGraph(model, consensus), (feats, z), dec_axes, ["features", "z"], outs, folder / "decoder.onnx", opset)
     map_shape = ["batch", 1, "height", "width"]
     return {
         "encoder": _graph("encoder.onnx", {"image": image_shape}, {"features": ["batch", c, "height", "width"]}),
@@ -225,8 +213,7 @@ def _write_graphs(model: nn.Module, folder: Path, *, opset: int, rule: str, high
         "decoder": _graph(
             "decoder.onnx",
             {"features": ["batch", c, "height", "width"], "z": ["samples", "batch", L]},
-            {"prob": map_shape, "consensus": map_shape, "std": map_shape, "probs": ["samples", *map_shape],
-             **{n: map_shape for n in boundary}},
+            {**{n: map_shape for n in FLOAT_MAPS}, "probs": ["samples", *map_shape], **{n: map_shape for n in boundary}},
         ),
     }
 
@@ -238,37 +225,26 @@ def _graph(file: str, inputs: dict, outputs: dict) -> dict:
     return {"file": file, "inputs": inputs, "outputs": outputs, "dynamic_axes": {**axes(inputs), **axes(outputs)}}
 
 
-def _manifest(model, graphs, folder, *, ckpt, source, samples, opset, rule, high, low) -> dict:
-    cfg = model.config
+def _manifest(model, graphs, folder, *, ckpt, source, samples, opset, consensus) -> dict:
     cls_name, config = model_spec(model)
-    is_punet = isinstance(model, PUNet)
-    unet_r, prior_r = cfg.receptive_field() if is_punet else receptive_radius(cfg.depth, cfg.convs_per_block)
-    s = cfg.size_multiple
-    tiling, why = cfg.tiling if is_punet else (("approximate", "align_corners=True") if cfg.align_corners else ("exact", ""))
+    spec = runtime_spec(model)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": "punet" if is_punet else "unet",
+        "kind": spec["kind"],
         "opset": opset,
         "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
         "graphs": graphs,
         "files": {g["file"]: sha256_file(folder / g["file"]) for g in graphs.values()},
         "model": {"class": cls_name, "config": config},
-        "size_multiple": s,
-        # prior trunk cell j reads input pixels from prior_stride * j on (runtime: OnnxSampler.prior_sum)
-        "prior_stride": cfg.prior_stride if is_punet else None,
-        "min_size": model.min_side() if is_punet else s,
-        "tiling": {"mode": tiling, "reason": why},
-        "receptive_field": {"unet_radius": unet_r, "prior_radius": prior_r if is_punet else None},
-        "default_halo": -(-max(unet_r, prior_r if is_punet else 0) // s) * s,
-        "latent_dim": cfg.latent_dim if is_punet else 0,
-        "default_samples": samples if is_punet else 1,
-        "threshold": 0.5,
-        # per-pixel maps of the runtime: foreground mean, consensus, std (+ mean object-boundary probability)
-        "maps": ["prob", "consensus", "std", *(["boundary"] if output_classes(model) == 2 else [])],
-        "consensus": {"rule": rule, "threshold_high": high, "threshold_low": low, "class_threshold": 0.5},
+        **{k: spec[k] for k in ("size_multiple", "prior_stride", "min_size", "tiling", "receptive_field", "default_halo",
+                                "latent_dim")},
+        "default_samples": samples if spec["kind"] == "punet" else 1,
+        "threshold": CLASS_THRESHOLD,
+        "maps": spec["maps"],
+        "consensus": consensus,
         "std": "population standard deviation (ddof=0) of the K sample probabilities",
-        "normalization": dict((ckpt or {}).get("normalization") or {"mode": "zero_mean_unit_variance", "scope": "image", "eps": 1e-7}),
+        "normalization": dict((ckpt or {}).get("normalization") or NORMALIZATION),
         "provenance": _provenance(ckpt, source),
     }
 
@@ -287,7 +263,7 @@ def _provenance(ckpt: dict | None, source: str) -> dict:
         prov.update(
             checkpoint=ckpt["_path"],
             checkpoint_sha256=ckpt["_sha256"],
-            teacher_weights=bool(ckpt["_teacher"]),
+            ema_weights=bool(ckpt["_ema"]),
             iteration=ckpt.get("iteration"),
             metrics=ckpt.get("metrics", {}),
             checkpoint_provenance=ckpt.get("provenance", {}),
@@ -301,23 +277,23 @@ def check_export(folder: Path, model: nn.Module, *, tol: float = 1e-3) -> None:
     Raises:
         ExportError: maps differ by more than `tol`.
     """
-    from ..runtime.sampler import OnnxSampler
+    from ..runtime.onnx_backend import OnnxBackend
 
-    _compare(OnnxSampler(folder, device="cpu", verify=False), model, folder, tol)  # its sessions go with it
+    _compare(OnnxBackend(folder, device="cpu", verify=False), model, folder, tol)  # its sessions go with it
 
 
-def _compare(sampler, model: nn.Module, folder: Path, tol: float) -> None:
+def _compare(backend, model: nn.Module, folder: Path, tol: float) -> None:
     s = model.config.size_multiple
     side = model.min_side() if isinstance(model, PUNet) else s
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, max(3 * s, side + s) + 1, max(2 * s, side) + 3)).astype(np.float32)
     if isinstance(model, PUNet):
         eps = rng.standard_normal((3, 1, model.config.latent_dim)).astype(np.float32)
-        maps = sampler.predict(x[0], eps=eps[:, 0], tile=None, normalize="none")
+        maps = backend.predict(x[0], eps=eps[:, 0], tile=None, normalize="none")
         with torch.no_grad():
             ref = torch.sigmoid(model.sample_logits(torch.from_numpy(x)[:, None], eps=torch.from_numpy(eps))).mean(0)[0].numpy()
     else:
-        maps = sampler.predict(x[0], tile=None, normalize="none")
+        maps = backend.predict(x[0], tile=None, normalize="none")
         with torch.no_grad():
             ref = torch.sigmoid(model(torch.from_numpy(x)[:, None]))[0].numpy()
     got = np.stack([maps[n] for n in ("prob", "boundary")[: ref.shape[0]]])

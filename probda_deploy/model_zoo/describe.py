@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..method import FLOAT_MAPS
+
 # bioimageio.spec is imported lazily inside the functions: it is slow to import.
 
 INPUT_ID = "image"
-OUTPUT_IDS = ("prob", "consensus", "std")
+OUTPUT_IDS = FLOAT_MAPS
 OUTPUT_TEXT = {
     "prob": "mean foreground probability of the K prior samples",
     "consensus": "fraction of the K samples that are confident (and agree with the mean's class)",

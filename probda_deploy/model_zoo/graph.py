@@ -18,24 +18,13 @@ on the dynamic batch size); for B = 1 this equals `PUNet.sample_logits` with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ExportError
-from ..models.consensus import CONSENSUS_RULES
+from ..method import check_samples, consensus_spec, reduce_samples
 from ..models.punet import PUNet
-
-
-@dataclass(frozen=True)
-class ConsensusConfig:
-    """Consensus settings baked into the graph (docs/method.md, "Pseudo-labels and consensus")."""
-
-    rule: str = "agree"
-    upper: float = 0.9
-    lower: float = 0.1
 
 
 def draw_eps(samples: int, latent_dim: int, *, seed: int) -> torch.Tensor:
@@ -51,59 +40,33 @@ class ZooGraph(nn.Module):
     are reflect-padded at the bottom/right inside the graph and cropped back.
     """
 
-    def __init__(self, model: PUNet, *, samples: int = 16, seed: int = 0, consensus: ConsensusConfig = ConsensusConfig()):
+    def __init__(self, model: PUNet, *, samples: int = 16, seed: int = 0, consensus: dict | None = None):
         super().__init__()
         if not isinstance(model, PUNet):
             raise ExportError(f"bioimage.io export needs a PUNet, got {type(model).__name__}; export UNets as ONNX instead")
-        if samples < 2:
-            raise ExportError(f"samples={samples}: need at least 2 samples for consensus and std; use --samples 16")
-        if consensus.rule not in CONSENSUS_RULES:
-            raise ExportError(f"consensus rule '{consensus.rule}' unknown; choose one of {', '.join(CONSENSUS_RULES)}")
+        check_samples(samples, least=2)  # consensus and std need two
+        c = consensus or consensus_spec()
+        self.rule, self.high, self.low = c["rule"], c["threshold_high"], c["threshold_low"]
         self.unet = model.unet
         self.prior = model.prior
         self.fcomb = model.fcomb
         self.size_multiple = model.config.size_multiple
-        self.agree = consensus.rule == "agree"
-        if not 0.0 <= consensus.lower < consensus.upper <= 1.0:
-            raise ExportError(f"consensus thresholds lower={consensus.lower}, upper={consensus.upper}: need 0 <= lower < upper <= 1")
-        self.upper = float(consensus.upper)
-        self.lower = float(consensus.lower)
         self.register_buffer("eps", draw_eps(samples, model.config.latent_dim, seed=seed))
-        w_f, w_z, b = (t.detach().clone() for t in model.fcomb.split_first())
-        self.register_buffer("w_f", w_f[:, :, None, None].contiguous())
-        self.register_buffer("w_z_t", w_z.T.contiguous())
-        self.register_buffer("b_first", b.contiguous())
 
     def sample_probs(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) padded image -> sigmoid samples (K, B, classes, H, W)."""
         feats = self.unet(x)
         mu, log_sigma = self.prior(x)
         z = mu[None] + torch.exp(log_sigma)[None] * self.eps[:, None, :]  # (K, B, L)
-        base = F.conv2d(feats, self.w_f)  # (B, C, H, W)
-        bias = torch.matmul(z, self.w_z_t) + self.b_first  # (K, B, C)
-        pre = base[None] + bias[:, :, :, None, None]  # (K, B, C, H, W)
-        k, b = pre.shape[0], pre.shape[1]
-        logits = self.fcomb.tail(pre.flatten(0, 1))
-        return torch.sigmoid(logits.unflatten(0, (k, b)))
+        return torch.sigmoid(self.fcomb.sample_stacked(feats, z))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2], x.shape[-1]
         m = self.size_multiple
         ph, pw = (m - h % m) % m, (m - w % m) % m
         xp = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        s = self.sample_probs(xp)[..., :h, :w]
-        mean = s.mean(dim=0)
-        std = torch.sqrt(torch.clamp(((s - mean[None]) ** 2).mean(dim=0), min=0.0))
-        # float arithmetic, not boolean Where/Or: onnxruntime lacks Where on bool
-        hi = (s >= self.upper).to(s.dtype)
-        lo = (s <= self.lower).to(s.dtype)
-        if self.agree:
-            fg = (mean >= 0.5).to(s.dtype)[None]
-            hit = fg * hi + (1.0 - fg) * lo
-        else:
-            hit = torch.clamp(hi + lo, max=1.0)
-        consensus = hit.mean(dim=0)
-        return mean, consensus, std
+        maps = reduce_samples(self.sample_probs(xp)[..., :h, :w], rule=self.rule, high=self.high, low=self.low)
+        return maps["prob"], maps["consensus"], maps["std"]
 
 
 def reference_outputs(model: PUNet, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ExportError, ImageReadError, ZooValidationError
 from ..files import atomic_path
-from .graph import ConsensusConfig
+from ..method import consensus_spec
 from .validate import ZooSummary, require_passed, validate_package
 
 log = logging.getLogger(__name__)
@@ -100,24 +100,24 @@ def _plain(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
-def _probda_config(ckpt: dict, checkpoint: Path, model, *, teacher: bool, samples: int, seed: int, eps: np.ndarray,
-                   consensus: ConsensusConfig, geo, test_source: str, exporter: str) -> dict:
+def _probda_config(ckpt: dict, checkpoint: Path, model, *, ema: bool, samples: int, seed: int, eps: np.ndarray,
+                   consensus: dict, geo, test_source: str, exporter: str) -> dict:
     from .. import __version__
     from ..runtime.manifest import sha256_file
 
     n_params = sum(int(p.numel()) for name, p in model.named_parameters() if not name.startswith("posterior."))
-    skip = {"state_dict", "teacher_state_dict", "optimizer", "scheduler", "scaler", "rng", "model_config", "format"}
+    skip = {"state_dict", "ema_state_dict", "teacher_state_dict", "optimizer", "scheduler", "scaler", "rng", "model_config", "format"}
     extra = {k: _plain(v) for k, v in ckpt.items() if k not in skip}
     return {
         "format": "probda-bioimageio", "format_version": 1, "probda_version": __version__,
         "model": {"class": ckpt.get("model_class"), "config": _plain(ckpt.get("model_config")),
-                  "weights": "teacher" if teacher else "student", "parameter_count": n_params},
+                  "weights": "ema" if ema else "model", "parameter_count": n_params},
         "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint),
                        "iteration": _plain(ckpt.get("iteration")), "metrics": _plain(ckpt.get("metrics", {}))},
         "provenance": extra,
         "sampling": {"samples": samples, "seed": seed, "generator": "torch.Generator(cpu).manual_seed(seed); torch.randn(K, L)",
                      "shared_across_batch": True, "eps": [[float(v) for v in row] for row in eps]},
-        "consensus": asdict(consensus),
+        "consensus": consensus,
         "normalization": _plain(ckpt.get("normalization", {})),
         "geometry": {"size_step": geo.step, "min_size": geo.min_size, "halo": geo.halo},
         "test_image": test_source, "onnx_exporter": exporter,
@@ -168,17 +168,17 @@ def _check_outputs(outputs: dict[str, np.ndarray], where: str) -> None:
 def export_bioimageio(checkpoint: str | Path, out: str | Path | None, *, name: str | None = None,
                       description: str | None = None, authors: Sequence[Any] | str | None = None, license: str = "MIT",
                       test_image: str | Path | None = None, samples: int = 16, seed: int = 0,
-                      consensus: ConsensusConfig | None = None, teacher: bool | None = None,
+                      consensus: dict | None = None, ema: bool | None = None,
                       dynamo: bool = False) -> ZooReport:
     """Package a PUNet checkpoint for the bioimage.io model zoo and validate it offline.
 
     Args:
-        checkpoint: probda checkpoint (.pt) of a PUNet (the teacher is used when present).
+        checkpoint: probda checkpoint (.pt) of a PUNet (its EMA weights when present).
         out: the .zip to write, or a folder (then `<name>.zip` inside); None: `./<name>.zip`.
         name, description, authors ("Name;Affiliation" strings), license (SPDX id): metadata.
         test_image: 2D image with foreground; None: a synthetic nuclei image.
         samples: K fixed latent draws baked into the graph; seed: their seed.
-        consensus: rule and thresholds of the consensus output (default agree, 0.9/0.1).
+        consensus: rule and thresholds of the consensus output (`method.consensus_spec`; default agree, 0.9/0.1).
         dynamo: export ONNX with the torch.export-based exporter (slower).
 
     Returns:
@@ -189,12 +189,12 @@ def export_bioimageio(checkpoint: str | Path, out: str | Path | None, *, name: s
         (no package is left behind).
     """
     t0 = time.perf_counter()
-    from ..models.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..models.checkpoint import ema_state, load_checkpoint, model_from_checkpoint
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
-    use_teacher = ("teacher_state_dict" in ckpt) if teacher is None else teacher
-    model = model_from_checkpoint(ckpt, teacher=use_teacher)
+    use_ema = (ema_state(ckpt) is not None) if ema is None else ema
+    model = model_from_checkpoint(ckpt, ema=use_ema)
     if ckpt.get("model_class") not in ("PUNet", "TorchEmPUNet"):
         raise ExportError(f"{checkpoint}: bioimage.io export needs a PUNet checkpoint, got {ckpt.get('model_class')}; "
                           "export UNets with --format onnx")
@@ -203,7 +203,7 @@ def export_bioimageio(checkpoint: str | Path, out: str | Path | None, *, name: s
     with tempfile.TemporaryDirectory(prefix="probda-zoo-") as tmp:
         tmp_zip = _build_package(Path(tmp), ckpt, checkpoint, model, out, name=name, description=description,
                                  authors=parse_authors(authors), license=license, test_image=test_image, samples=samples,
-                                 seed=seed, consensus=consensus or ConsensusConfig(), teacher=use_teacher, dynamo=dynamo)
+                                 seed=seed, consensus=consensus or consensus_spec(), ema=use_ema, dynamo=dynamo)
         try:
             summary = require_passed(validate_package(tmp_zip))
         except ZooValidationError as e:
@@ -228,10 +228,10 @@ def _resolve_out(out: str | Path | None, name: str) -> Path:
 
 
 def _build_package(tmp: Path, ckpt: dict, checkpoint: Path, model, out: Path, *, name, description, authors, license,
-                   test_image, samples, seed, consensus, teacher, dynamo) -> Path:
+                   test_image, samples, seed, consensus, ema, dynamo) -> Path:
     import torch
 
-    from ..data.normalize import standardize
+    from ..method import standardize
     from .cover import render_cover
     from .describe import OUTPUT_IDS, ZooFiles, ZooMeta, build_description, geometry_for, tolerances_for
     from .graph import ZooGraph
@@ -262,10 +262,10 @@ def _build_package(tmp: Path, ckpt: dict, checkpoint: Path, model, out: Path, *,
     check_exported(graph, files.onnx, files.torchscript, [x, extra])
     render_cover(image, outputs["prob"][0, 0], outputs["std"][0, 0], files.cover)
     tolerances = tolerances_for(outputs)
-    meta = ZooMeta(name=name, description=description or _default_description(ckpt, teacher), authors=authors, license=license)
-    probda = _probda_config(ckpt, checkpoint, model, teacher=teacher, samples=samples, seed=seed, eps=graph.eps.numpy(),
+    meta = ZooMeta(name=name, description=description or _default_description(ckpt, ema), authors=authors, license=license)
+    probda = _probda_config(ckpt, checkpoint, model, ema=ema, samples=samples, seed=seed, eps=graph.eps.numpy(),
                             consensus=consensus, geo=geo, test_source=source, exporter="dynamo" if dynamo else "torchscript")
-    write_readme(files.readme, meta, geo, samples=samples, seed=seed, consensus=asdict(consensus), tolerances=tolerances,
+    write_readme(files.readme, meta, geo, samples=samples, seed=seed, consensus=consensus, tolerances=tolerances,
                  provenance=probda, zip_name=out.name)
     try:
         descr = build_description(files, meta, geo, opset=opset, norm_eps=norm_eps, tolerances=tolerances,
@@ -283,8 +283,8 @@ def _build_package(tmp: Path, ckpt: dict, checkpoint: Path, model, out: Path, *,
     return tmp_zip
 
 
-def _default_description(ckpt: dict, teacher: bool) -> str:
-    what = "adapted (mean-teacher) " if teacher else ""
+def _default_description(ckpt: dict, ema: bool) -> str:
+    what = "adapted " if ema else ""
     return (f"{what}Probabilistic U-Net for 2D foreground segmentation with uncertainty: mean probability, "
             "consensus and std of fixed latent samples. Packaged by probda.")
 

@@ -34,8 +34,8 @@ therefore reproduces the same outputs.
   inside the graph. Outputs declare a halo of {geo.halo} pixels for blockwise prediction.
 {outputs}
 
-Consensus rule `{consensus.get('rule')}` with thresholds upper={consensus.get('upper')},
-lower={consensus.get('lower')}. A mask is `prob >= 0.5`.
+Consensus rule `{consensus.get('rule')}` with thresholds high={consensus.get('threshold_high')},
+low={consensus.get('threshold_low')}. A mask is `prob >= 0.5`.
 
 ## Usage
 ```

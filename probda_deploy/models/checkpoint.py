@@ -2,7 +2,7 @@
 
 Layout (format "probda-checkpoint", version 1):
     format, format_version, model_class, model_config, state_dict,
-    [teacher_state_dict], [optimizer, scheduler, scaler, rng], iteration,
+    [ema_state_dict], [optimizer, scheduler, scaler, rng], iteration,
     metrics, best_metric, normalization, train_config, provenance.
 """
 
@@ -19,13 +19,16 @@ import torch
 from torch import nn
 
 from ..files import atomic_path
+from ..method import NORMALIZATION
 from ..errors import CheckpointError, ConfigError
 from .registry import model_from_spec, model_spec
 
 FORMAT = "probda-checkpoint"
 FORMAT_VERSION = 1
-DEFAULT_NORMALIZATION = {"mode": "zero_mean_unit_variance", "scope": "image", "eps": 1e-7}
 
+
+EMA_KEY = "ema_state_dict"  # adapted runs: the EMA of the trained model, the weights they deploy
+LEGACY_EMA_KEY = "teacher_state_dict"
 
 def make_checkpoint(model: nn.Module, **extra: Any) -> dict:
     """Checkpoint dict for `model` plus extra top-level entries (iteration, metrics, ...)."""
@@ -38,7 +41,7 @@ def make_checkpoint(model: nn.Module, **extra: Any) -> dict:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "iteration": 0,
         "metrics": {},
-        "normalization": dict(DEFAULT_NORMALIZATION),
+        "normalization": dict(NORMALIZATION),
         "provenance": {"probda_version": _version(), "torch_version": str(torch.__version__)},
     }
     ckpt.update(extra)
@@ -90,12 +93,19 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict | str | Path, *, teacher: bool | None = None, map_location: str = "cpu") -> nn.Module:
+def ema_state(ckpt: dict) -> dict | None:
+    """The EMA weights of an adapted checkpoint (the ones it deploys), or None.
+
+    Stored as `ema_state_dict`; checkpoints written before the key was renamed hold them as `teacher_state_dict`.
+    """
+    return ckpt.get(EMA_KEY, ckpt.get(LEGACY_EMA_KEY))
+
+
+def model_from_checkpoint(ckpt: dict | str | Path, *, ema: bool | None = None, map_location: str = "cpu") -> nn.Module:
     """Rebuild the model of a checkpoint and load its weights (eval mode).
 
     Args:
-        teacher: use `teacher_state_dict`; None means "if present" (adapted
-            mean-teacher runs deploy the teacher).
+        ema: load the EMA weights (`ema_state`); None: if the checkpoint has them (adapted runs deploy them).
     """
     source = ckpt if isinstance(ckpt, (str, Path)) else None
     if source is not None:
@@ -105,8 +115,10 @@ def model_from_checkpoint(ckpt: dict | str | Path, *, teacher: bool | None = Non
         model = model_from_spec(ckpt["model_class"], dict(ckpt["model_config"]))
     except (KeyError, ConfigError, TypeError) as e:
         raise CheckpointError(f"{where}: cannot rebuild the model ({e})") from None
-    use_teacher = ("teacher_state_dict" in ckpt) if teacher is None else teacher
-    state = ckpt["teacher_state_dict"] if use_teacher else ckpt["state_dict"]
+    averaged = ema_state(ckpt)
+    if ema and averaged is None:
+        raise CheckpointError(f"{where}: has no EMA weights (not an adapted checkpoint)")
+    state = averaged if (ema is None and averaged is not None) or ema else ckpt["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

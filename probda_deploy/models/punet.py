@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -184,6 +185,18 @@ class Fcomb(nn.Module):
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         """Everything after the first conv's pre-activation: ReLU, remaining convs."""
         return self.last_layer(self.layers[1:](h))
+
+    def sample_stacked(self, feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """`sample` as one stacked pass of 1x1 convs over (K*B, C, H, W), the form the exported graphs trace.
+
+        W [F; z] + b = W_F F + (W_z z + b): W_F F is one conv over the features, each sample adds a
+        per-channel bias, and only the remaining 1x1 convs run K times.
+        """
+        w_f, w_z, b = self.split_first()
+        base = F.conv2d(feats, w_f[:, :, None, None])  # (B, C, H, W), once for all samples
+        pre = base[None] + (z @ w_z.T + b)[..., None, None]  # (K, B, C, H, W)
+        logits = self.tail(pre.flatten(0, 1))  # (K*B, classes, H, W)
+        return logits.unflatten(0, (z.shape[0], z.shape[1]))
 
     def sample(self, feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Logits for K latents per image, W_F F computed once: (B, C, H, W), (K, B, L) -> (K, B, classes, H, W).

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..method import TORCH_EM_NORMS
 from .punet import Fcomb, GaussianEncoder, PUNet, _Trunk
 
-NORMS = (None, "InstanceNorm", "InstanceNormTrackStats", "GroupNorm", "BatchNorm")
+NORMS = (None, *TORCH_EM_NORMS)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class TorchEmPUNetConfig:
         ones: such models are run on whole images. With no norm, BatchNorm or
         InstanceNormTrackStats (running statistics in eval mode) every layer is
         local: the UNet tiles exactly with a halo, and the unpadded prior trunk's
-        cells are assigned to tiles by their position (see OnnxSampler.prior_sum).
+        cells are assigned to tiles by their position (see OnnxBackend.prior_sum).
         """
         if self.norm in ("InstanceNorm", "GroupNorm"):
             return "whole-image", (

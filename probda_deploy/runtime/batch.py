@@ -24,11 +24,13 @@ from ..errors import ConfigError, ProbdaError
 from . import ome_zarr as oz
 from .executors import LocalExecutor, open_executor
 from .instances import InstanceConfig, ObjectSummary, instance_config
-from .outputs import (DEFAULT_OUTPUTS, FORMATS, INSTANCE_OUTPUTS, check_outputs, choose_format, output_paths, parse_outputs,
+from ..method import (ALL_MAPS, CLASS_THRESHOLD, DEFAULT_OUTPUTS, FLOAT_MAPS, INSTANCE_OUTPUTS, OUTPUT_FORMATS, PREDICT_NORMALIZATIONS, check_choice, check_samples,
+                      latent_eps)
+from .outputs import (check_outputs, choose_format, output_paths, parse_outputs,
                       remove_stale_temps, tiff_outputs)
 from .predict import predict_image
 from .readers import list_inputs, open_image
-from .sampler import NORMALIZE, OnnxSampler, SamplerRef, latent_eps, load_sampler
+from .onnx_backend import OnnxBackend, BackendRef, load_export
 from .preview import write_preview
 from .sinks import TiffSink, ZarrSink
 
@@ -69,7 +71,7 @@ class SegmentReport:
     formats: dict[str, str] = field(default_factory=dict)  # {input: "tif" | "ome-zarr"}
     results: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
-    tiling_note: str = ""  # OnnxSampler.tiling_note: set when tiles are not exact for this model
+    tiling_note: str = ""  # OnnxBackend.tiling_note: set when tiles are not exact for this model
 
     def _count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -101,7 +103,7 @@ class SegmentReport:
 class SegmentOptions:
     """What every image of a batch is segmented with, resolved against the model (see `resolve_options`)."""
 
-    model: SamplerRef
+    model: BackendRef
     out_dir: Path
     samples: int
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
@@ -115,13 +117,13 @@ class SegmentOptions:
     overwrite: bool = False
     ngff: str = "0.4"
     preview: bool = False
-    maps: tuple[str, ...] = ("prob", "consensus", "std")  # what the model predicts (+ boundary)
+    maps: tuple[str, ...] = FLOAT_MAPS  # what the model predicts (+ boundary)
     instances: InstanceConfig = InstanceConfig()  # seeded watershed of the instance outputs (threshold = `threshold`)
 
     def numbers(self) -> dict:
         """The options that define an OME-Zarr output's numbers (stored in it, checked on --resume)."""
         instances = bool(set(INSTANCE_OUTPUTS) & set(self.outputs))  # the instance pass reads every channel
-        channels = [n for n in oz.ALL_CHANNELS if n in self.outputs or (instances and n in self.maps)]
+        channels = [n for n in ALL_MAPS if n in self.outputs or (instances and n in self.maps)]
         numbers = {"samples": self.samples, "seed": self.seed, "tile": self.tile, "halo": self.halo, "normalize": self.normalize,
                    "threshold": self.threshold, "channels": channels,
                    "mask": "mask" in self.outputs, "instances": instances, "ngff": self.ngff}
@@ -131,7 +133,7 @@ class SegmentOptions:
         return numbers
 
 
-def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int | None = None,
+def resolve_options(backend: OnnxBackend, out_dir: str | Path, *, samples: int | None = None,
                     outputs: str | Sequence[str] = DEFAULT_OUTPUTS, threshold: float | None = None, seed: int = 0,
                     tile: int | None | str = "auto", halo: int | None = None, normalize: str = "image", fmt: str = "auto",
                     resume: bool = False, overwrite: bool = False, ngff: str = "0.4", preview: bool = False,
@@ -147,27 +149,23 @@ def resolve_options(sampler: OnnxSampler, out_dir: str | Path, *, samples: int |
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite: choose one")
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    if normalize not in NORMALIZE:
-        raise ConfigError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZE)}")
+    check_choice("--format", fmt, OUTPUT_FORMATS)
+    check_choice("--normalize", normalize, PREDICT_NORMALIZATIONS)
     if isinstance(tile, int) and tile < 0 or halo is not None and halo < 0:
         raise ConfigError(f"--tile {tile} / --halo {halo}: sizes must be >= 0")
-    k = sampler.default_samples if samples is None else int(samples)
-    if k < 1:
-        raise ConfigError(f"--samples {k}: need at least 1 sample")
+    k = check_samples(backend.default_samples if samples is None else samples)
     outputs = parse_outputs(outputs)
     if fmt == "ome-zarr" and "labels" in outputs:
         raise ConfigError("--outputs labels: connected components are not written to OME-Zarr; use instances or --format tif")
-    if "boundary" in outputs and "boundary" not in sampler.maps:
-        raise ConfigError(f"--outputs boundary: {sampler.folder} has no boundary output; train the model with `probda train --boundaries`")
-    threshold = float(sampler.manifest.get("threshold", 0.5) if threshold is None else threshold)
+    if "boundary" in outputs and "boundary" not in backend.maps:
+        raise ConfigError(f"--outputs boundary: {backend.folder} has no boundary output; train the model with `probda train --boundaries`")
+    threshold = float(backend.manifest.get("threshold", CLASS_THRESHOLD) if threshold is None else threshold)
     instances = (instance_config(threshold, seed_height, min_size, split) if set(INSTANCE_OUTPUTS) & set(outputs)
                  else InstanceConfig(threshold=threshold, seed_height=seed_height, min_size=min_size, split=split))
     return SegmentOptions(
-        model=sampler.ref(), out_dir=Path(out_dir), samples=k if sampler.kind == "punet" else 1, outputs=outputs,
-        threshold=threshold, seed=seed, tile=tile, halo=sampler.default_halo if halo is None else halo,
-        normalize=normalize, fmt=fmt, resume=resume, overwrite=overwrite, ngff=ngff, preview=preview, maps=sampler.maps,
+        model=backend.ref(), out_dir=Path(out_dir), samples=k if backend.kind == "punet" else 1, outputs=outputs,
+        threshold=threshold, seed=seed, tile=tile, halo=backend.default_halo if halo is None else halo,
+        normalize=normalize, fmt=fmt, resume=resume, overwrite=overwrite, ngff=ngff, preview=preview, maps=backend.maps,
         instances=instances)
 
 
@@ -188,14 +186,14 @@ def segment_file(path: Path, options: SegmentOptions, fmt: str, executor=None, *
         return FileResult(path, "skipped", outputs=targets, format=fmt)
     t0 = time.perf_counter()
     try:
-        ref = options.model if not executor.distributed else SamplerRef(options.model.folder, options.model.device, executor.threads)
+        ref = options.model if not executor.distributed else BackendRef(options.model.folder, options.model.device, executor.threads)
         image = open_image(path, in_memory=fmt == "tif")
         shape = tuple(image.shape)
         nplanes = shape[0] if len(shape) == 3 else 1
-        sampler = ref.open()
-        eps = [latent_eps(options.seed, path.name, options.samples, sampler.latent_dim, slice_index=z)
-               if sampler.kind == "punet" else None for z in range(nplanes)]
-        sink = _sink(path, shape, fmt, options, sampler)
+        backend = ref.open()
+        eps = [latent_eps(options.seed, path.name, options.samples, backend.latent_dim, slice_index=z)
+               if backend.kind == "punet" else None for z in range(nplanes)]
+        sink = _sink(path, shape, fmt, options, backend)
         source = str(path) if executor.distributed else image
         blocks = predict_image(ref, source, sink, eps=eps, tile=options.tile, halo=options.halo, normalize=options.normalize,
                                executor=executor.labelled(str(path)), check=path, on_progress=on_progress)
@@ -246,13 +244,13 @@ def segment_files(inputs: str | Path | Sequence[str | Path], options: SegmentOpt
     """
     t_start = time.perf_counter()
     executor = executor or LocalExecutor()
-    sampler = options.model.open()
+    backend = options.model.open()
     files, failures = list_inputs(inputs, zarr=options.fmt != "tif")
     formats = {f: choose_format(f, options.fmt) for f in files}
     check_outputs(files, formats, options)
     report = SegmentReport(
-        model=sampler.folder, kind=sampler.kind, out_dir=options.out_dir, device=sampler.provider_report.device,
-        providers=sampler.providers, provider_note=sampler.provider_report.note, tiling_note=sampler.tiling_note,
+        model=backend.folder, kind=backend.kind, out_dir=options.out_dir, device=backend.provider_report.device,
+        providers=backend.providers, provider_note=backend.provider_report.note, tiling_note=backend.tiling_note,
         samples=options.samples, requested_format=options.fmt, engine=executor.description,
         formats={str(f): v for f, v in formats.items()}, results=[FileResult(p, "failed", e) for p, e in failures])
     for r in report.results:
@@ -267,7 +265,7 @@ def segment_files(inputs: str | Path | Sequence[str | Path], options: SegmentOpt
 
     tif = [f for f in files if formats[f] == "tif"]
     if executor.distributed and tif:  # whole files are the tasks; each worker runs its file's passes locally
-        local = replace(options, model=SamplerRef(options.model.folder, options.model.device, executor.threads))
+        local = replace(options, model=BackendRef(options.model.folder, options.model.device, executor.threads))
         try:
             for _, result in executor.labelled("segment").run(segment_file, [(str(f), (f, local, "tif")) for f in tif]):
                 add(result)
@@ -291,14 +289,14 @@ def _make_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"{out_dir}: cannot create the output folder ({e.strerror or e}); give a folder path with -o") from None
 
 
-def segment(model: str | Path | OnnxSampler, inputs: str | Path | Sequence[str | Path], out_dir: str | Path, *,
+def segment(model: str | Path | OnnxBackend, inputs: str | Path | Sequence[str | Path], out_dir: str | Path, *,
             workers: int = 1, scheduler: str | None = None, device: str = "auto", threads: int | None = None,
             on_start: Callable[[int], None] | None = None, on_file: Callable[[FileResult], None] | None = None,
             on_progress: Callable[[int, int], None] | None = None, **options) -> SegmentReport:
     """Load the model, resolve the options, open an executor and run `segment_files` (the CLI's one call).
 
     Args:
-        model: export folder, or a loaded OnnxSampler (its folder is what Dask workers load).
+        model: export folder, or a loaded OnnxBackend (its folder is what Dask workers load).
         inputs: files, folders, glob patterns, `.zarr` folders.
         out_dir: output folder (created).
         workers: > 1 starts a Dask LocalCluster with that many worker processes.
@@ -317,23 +315,23 @@ def segment(model: str | Path | OnnxSampler, inputs: str | Path | Sequence[str |
     """
     if workers < 1:
         raise ConfigError(f"--workers {workers}: need at least 1 worker")
-    sampler = model if isinstance(model, OnnxSampler) else load_sampler(model, device=device, threads=threads)
-    opts = resolve_options(sampler, out_dir, **options)
+    backend = model if isinstance(model, OnnxBackend) else load_export(model, device=device, threads=threads)
+    opts = resolve_options(backend, out_dir, **options)
     with open_executor(workers=workers, scheduler=scheduler, threads=threads) as executor:
         return segment_files(inputs, opts, executor, on_start=on_start, on_file=on_file, on_progress=on_progress)
 
 
-def _sink(path: Path, shape: tuple[int, ...], fmt: str, options: SegmentOptions, sampler: OnnxSampler):
+def _sink(path: Path, shape: tuple[int, ...], fmt: str, options: SegmentOptions, backend: OnnxBackend):
     if fmt == "tif":
         return TiffSink(shape, targets=tiff_outputs(options.out_dir, path, options.outputs), threshold=options.threshold,
                         instances=options.instances)
-    tiles = sampler.plan(shape[-2:], tile=options.tile, halo=options.halo)
+    tiles = backend.plan(shape[-2:], tile=options.tile, halo=options.halo)
     y0, y1, x0, x1 = tiles[0].core
     chunk = max(y1 - y0, x1 - x0) if len(tiles) == 1 else y1 - y0
     numbers = options.numbers()
     layout = oz.ZarrLayout(shape=shape, chunk=chunk, levels=oz.pyramid_levels(shape, chunk), channels=tuple(numbers["channels"]),
                            mask=numbers["mask"], ngff=options.ngff, instances=numbers["instances"])
-    identity = {"model": sampler.model_id, "source": path.name, "shape": list(shape), "settings": numbers}
+    identity = {"model": backend.model_id, "source": path.name, "shape": list(shape), "settings": numbers}
     step = 0
     if options.preview:
         step = max(1, -(-max(shape[-2:]) // PREVIEW_SIDE))

@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from ..errors import ConfigError
 from ..files import atomic_path
+from ..method import FLOAT_MAPS
 
 # the finer seeds (`split`): sigma and h as fractions of the objects' typical inscribed radius
 SIGMA_PER_RADIUS = 0.12
@@ -350,7 +351,25 @@ def object_table(labels: np.ndarray, maps: dict[str, np.ndarray], *, disagree: f
     return list(iter_rows(*object_sums(labels, maps), disagree=disagree))
 
 
-SUMS = ("area", "y", "x", "prob", "consensus", "std")  # the columns of `object_sums`
+def label_planes(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None = None) -> np.ndarray:
+    """Seeded-watershed instances of each slice of (Z, H, W) prob (cut at the boundary map, if any); ids unique over the stack."""
+    out, offset = [], 0
+    for z, p in enumerate(prob):
+        lab = separate_instances(p, cfg, None if boundary is None else boundary[z]).astype(np.uint32)
+        out.append(np.where(lab > 0, lab + offset, 0))
+        offset += int(lab.max())
+    return np.stack(out).astype(np.uint16 if offset < 2**16 - 1 else np.uint32)
+
+
+def plane_objects(instances: np.ndarray, maps: dict[str, np.ndarray], *, stack: bool) -> Iterator[dict]:
+    """The object table of (Z, H, W) instances over (Z, H, W) maps, slice by slice (`object_table`); rows of
+    stacks carry their slice `z`."""
+    for z, labels in enumerate(instances):
+        for row in object_table(labels, {k: maps[k][z] for k in FLOAT_MAPS}):
+            yield {"z": z, **row} if stack else row
+
+
+SUMS = ("area", "y", "x", *FLOAT_MAPS)  # the columns of `object_sums`
 
 
 def object_sums(labels: np.ndarray, maps: dict[str, np.ndarray], *, origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:

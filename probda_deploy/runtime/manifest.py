@@ -2,7 +2,7 @@
 
 numpy/stdlib only. The manifest names every graph file with its sha256, so a
 runtime refuses files that were modified after export, and carries everything
-the sampler needs (latent dim, default K, consensus rule and thresholds,
+the backend needs (latent dim, default K, consensus rule and thresholds,
 normalisation, size multiple, receptive field).
 """
 

@@ -32,8 +32,6 @@ from ..files import replace_dir
 
 log = logging.getLogger(__name__)
 
-FLOAT_CHANNELS = ("prob", "consensus", "std")  # the maps of every model
-ALL_CHANNELS = (*FLOAT_CHANNELS, "boundary")  # boundary: models trained with --boundaries
 MARKERS = ".probda_blocks"
 SUFFIX = ".ome.zarr"
 PARTIAL = ".partial"

@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import ConfigError, ProbdaError
+from ..method import OUTPUTS
 from . import ome_zarr as oz
 from .predict import image_shape
 from .readers import is_zarr_path
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("mask", "prob", "consensus", "std", "boundary", "labels", "instances", "objects")  # boundary: --boundaries models
-INSTANCE_OUTPUTS = ("instances", "objects")  # `probda segment --instances`: NAME_instances.tif + NAME_objects.csv
-DEFAULT_OUTPUTS = ("mask", "prob", "consensus", "std")
-FORMATS = ("auto", "tif", "ome-zarr")
 ZARR_AUTO_PIXELS = 4096 * 4096  # above this many pixels (all planes), "auto" writes OME-Zarr
 
 

@@ -1,14 +1,14 @@
 """The one per-image engine: stats pass -> prior pass -> latents -> decode pass, written into a sink.
 
-    predict_image(sampler, image, sink, eps=[eps], tile=..., halo=..., normalize="image")
+    predict_image(backend, image, sink, eps=[eps], tile=..., halo=..., normalize="image")
 
-serves every path: `OnnxSampler.predict` (a MemorySink), TIFF outputs (a
+serves every path: `OnnxBackend.predict` (a MemorySink), TIFF outputs (a
 TiffSink), OME-Zarr outputs of images larger than RAM (a ZarrSink), in one
 process or with the passes spread over Dask workers. The passes are tasks of
-plain arguments run by an executor (`executors.py`): `sampler` is an
-OnnxSampler or a SamplerRef and `image` an array-like or a path, each task
-calls `sampler.open()` and reads its own window, so the same functions run
-here and on a worker. Only the sampler's public per-window API is used.
+plain arguments run by an executor (`executors.py`): `backend` is an
+OnnxBackend or a BackendRef and `image` an array-like or a path, each task
+calls `backend.open()` and reads its own window, so the same functions run
+here and on a worker. Only the backend's public per-window API is used.
 
 Per plane of an (H, W) image or a (Z, H, W) stack:
 1. stats: mean, std, min, max and NaN/inf count, streamed (`tiling.scan_stats`);
@@ -66,18 +66,18 @@ def block_key(z: int, index: int) -> str:
 
 
 def predict_image(
-    sampler, image, sink: Sink, *, eps: Sequence[np.ndarray | None], tile: int | None | str = "auto",
+    backend, image, sink: Sink, *, eps: Sequence[np.ndarray | None], tile: int | None | str = "auto",
     halo: int | None = None, normalize: str = "image", executor=None, check: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> object:
     """Predict one image (all planes) into `sink`.
 
     Args:
-        sampler: OnnxSampler or SamplerRef (tasks call `.open()`).
+        backend: OnnxBackend or BackendRef (tasks call `.open()`).
         image: (H, W) or (Z, H, W) array-like, or a path the tasks open lazily.
         sink: MemorySink, TiffSink, ZarrSink...
         eps: (K, L) float32 draws per plane (None entries for UNet exports).
-        tile, halo: see OnnxSampler.plan.
+        tile, halo: see OnnxBackend.plan.
         normalize: "image", "tile" or "none".
         executor: runs the tasks (default: LocalExecutor).
         check: refuse NaN/inf or constant images, naming this file.
@@ -91,7 +91,7 @@ def predict_image(
         ImageReadError: NaN/inf or constant image (with `check`).
     """
     executor = executor or LocalExecutor()
-    local = sampler.open()
+    local = backend.open()
     shape = image_shape(image)
     planes = range(shape[0] if len(shape) == 3 else 1)
     tiles = local.plan(shape[-2:], tile=tile, halo=halo)
@@ -102,13 +102,13 @@ def predict_image(
         stats = _stats_pass(executor, image, planes, normalize, check)
         if local.kind == "punet":
             progress.total += blocks
-        latents = _prior_pass(executor, sampler, local, image, local.prior_tiles(tiles, shape, halo=halo), stats, eps,
+        latents = _prior_pass(executor, backend, local, image, local.prior_tiles(tiles, shape, halo=halo), stats, eps,
                               normalize, progress)
         sink.begin(stats, latents)
     else:
         stats, latents = state
     skip = sink.done()
-    jobs = [(block_key(z, i), (sampler, image, z, i, t, normalize, stats[z], latents[z], sink))
+    jobs = [(block_key(z, i), (backend, image, z, i, t, normalize, stats[z], latents[z], sink))
             for z in planes for i, t in enumerate(tiles) if block_key(z, i) not in skip]
     progress.step(blocks - len(jobs))
     try:
@@ -140,11 +140,11 @@ def _stats_pass(executor, image, planes, normalize: str, check: Path | None) -> 
     return [(s[0], s[1]) if normalize == "image" else None for s in scans]
 
 
-def _prior_pass(executor, sampler, local, image, tiles: list[Tile], stats, eps, normalize: str, progress: _Progress) -> list:
+def _prior_pass(executor, backend, local, image, tiles: list[Tile], stats, eps, normalize: str, progress: _Progress) -> list:
     """z (K, 1, L) float32 per plane, from tile prior sums added in tile order."""
     if local.kind != "punet":
         return [None for _ in stats]
-    jobs = [(block_key(z, i), (sampler, image, z, t, normalize, stats[z])) for z in range(len(stats)) for i, t in enumerate(tiles)]
+    jobs = [(block_key(z, i), (backend, image, z, t, normalize, stats[z])) for z in range(len(stats)) for i, t in enumerate(tiles)]
     parts = {}
     for name, part in executor.run(prior_task, jobs):
         parts[name] = part
@@ -173,15 +173,15 @@ def stats_task(image, z: int) -> tuple[float, float, float, float, int]:
     return scan_stats(_plane(image, z))
 
 
-def prior_task(sampler, image, z: int, tile: Tile, normalize: str, stats) -> tuple[np.ndarray, int]:
+def prior_task(backend, image, z: int, tile: Tile, normalize: str, stats) -> tuple[np.ndarray, int]:
     """Prior trunk of one tile summed over the cells it owns: ((1, C) float64, cell count)."""
-    s = sampler.open()
+    s = backend.open()
     return s.prior_sum(s.window_input(_plane(image, z), tile, normalize=normalize, stats=stats), tile)
 
 
-def block_task(sampler, image, z: int, index: int, tile: Tile, normalize: str, stats, latents, sink: Sink) -> str:
+def block_task(backend, image, z: int, index: int, tile: Tile, normalize: str, stats, latents, sink: Sink) -> str:
     """Predict one tile core of plane z and hand it to the sink; returns the block's key."""
-    s = sampler.open()
+    s = backend.open()
     img = _plane(image, z)
     window = s.window_input(img, tile, normalize=normalize, stats=stats)
     maps = s.predict_tile(window, tile, latents, tuple(img.shape[-2:]), samples=bool(sink.samples))

@@ -163,16 +163,6 @@ def _squeeze(array, path: Path, *, warn: bool):
     return LazyImage(array, path, lead=(0,) * lead, rgb=rgb)
 
 
-def image_shape(path: str | Path) -> tuple[int, ...]:
-    """(H, W) or (Z, H, W) of an image without reading its pixels.
-
-    Raises:
-        ImageReadError: unreadable file.
-    """
-    path = Path(path)
-    return tuple(open_image(path, warn=False).shape)
-
-
 def list_inputs(inputs, *, zarr: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand inputs like data.io.list_images, also accepting `*.zarr` folders (unless `zarr` is False).
 

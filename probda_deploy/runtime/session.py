@@ -1,61 +1,35 @@
-"""onnxruntime sessions: providers from `--device` and the settings measured to matter on CPU.
+"""onnxruntime sessions: providers from `--device`, and the CPU settings that matter.
 
-Settings (measured on CPU): graph optimisation ORT_ENABLE_ALL (1.5x over
-EXTENDED for convolutions), sequential execution, CPU memory arena on, intra-op
-threads = physical cores (onnxruntime's own default when `threads` is None).
-The decoder graph is the exception (`blocked_layout=False`, ORT_ENABLE_EXTENDED):
-ALL's blocked NCHWc layout reorders the (K*B, C, H, W) stack before and after
-each of its 1x1 convs, around the per-sample bias add that has no blocked kernel;
-plain 1x1 convs run as GEMMs on NCHW directly. Intra-op threads do not spin
-after a run: a sampler alternates between its sessions (prior, encoder, decoder),
-each with its own thread pool, and the idle pool's spinning threads took the
-cores from the next one (docs/experiments.md, "Decoder layout and thread
-spinning").
-Memory patterns off: onnxruntime plans and keeps one block per input
-shape, which nearly doubled peak RSS with tiles (punet-small, 1200 px windows,
-K=16: 2.06 GB -> 1.17 GB) and was not faster (4.9 s -> 4.6 s per window).
-After a session is created, the providers that are really active are read back
+- Graph optimisation ALL (its blocked NCHWc convolutions are the fast ones), except for the
+  decoder (EXTENDED, `blocked_layout=False`): there the blocked layout would reorder the K-sample
+  stack around each 1x1 conv, which runs as a plain GEMM on NCHW.
+- Intra-op threads = physical cores, not spinning after a run: a backend alternates between its
+  sessions, each with its own pool, and an idle pool's spinning threads hold the cores the next needs.
+- Memory patterns off: onnxruntime would keep one planned block per input shape (tiles come in
+  several shapes), raising peak memory for no speed.
+Measurements: docs/experiments.md. After a session is created, the providers that are really active are read back
 with `session.get_providers()`: a CUDA provider that was requested but did not
-load is reported, never hidden. Sessions live as long as their sampler; the
-process-wide cache is the sampler cache (`sampler.open_sampler`).
+load is reported, never hidden. Sessions live as long as their backend; the
+process-wide cache is the backend cache (`onnx_backend.open_backend`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
-from ..errors import ConfigError, RuntimeModelError
+from ..errors import RuntimeModelError
+from ..method import DEVICES, check_choice
+from .backend import ProviderReport
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 _CUDA_FAILED = False  # set once CUDA failed to activate in this process
-
-
-@dataclass(frozen=True)
-class ProviderReport:
-    """What was asked for and what runs.
-
-    Attributes:
-        device: the requested device (auto, cpu, cuda).
-        active: providers onnxruntime really uses, in priority order.
-        note: a plain sentence when the request could not be met, else "".
-    """
-
-    device: str
-    active: tuple[str, ...]
-    note: str = ""
-
-    @property
-    def provider(self) -> str:
-        return self.active[0] if self.active else "none"
 
 
 def requested_providers(device: str) -> list[str]:
@@ -65,8 +39,7 @@ def requested_providers(device: str) -> list[str]:
         ConfigError: unknown device name.
     """
     device = getattr(device, "value", device)
-    if device not in DEVICES:
-        raise ConfigError(f"--device {device}: unknown device; choose auto, cpu or cuda")
+    check_choice("--device", device, DEVICES)
     available = ort.get_available_providers()
     if device == "cpu":
         return [CPU]

@@ -1,6 +1,6 @@
 """Sinks: where the per-image engine (`predict.predict_image`) writes the maps of each block.
 
-- `MemorySink`: (Z, H, W) float32 arrays in memory (`OnnxSampler.predict`).
+- `MemorySink`: (Z, H, W) float32 arrays in memory (`OnnxBackend.predict`).
 - `TiffSink`: a MemorySink that writes `NAME_mask.tif`, `NAME_prob.tif`, ...
   (and connected components) atomically when the image is complete.
 - `ZarrSink`: one OME-Zarr per image, written block by block (any process, any
@@ -25,14 +25,15 @@ import numpy as np
 
 from ..data.io import write_tiff_atomic
 from ..errors import ConfigError
+from ..method import FLOAT_MAPS
 from . import ome_zarr as oz
-from .instances import InstanceConfig, ObjectSummary, iter_rows, object_table, separate_instances, summarize_objects, write_object_csv
+from .instances import (InstanceConfig, ObjectSummary, iter_rows, label_planes, plane_objects, summarize_objects,
+                        write_object_csv)
 from .zarr_instances import label_blocks
 from .tiling import Tile
 
 log = logging.getLogger(__name__)
 
-FLOAT_MAPS = ("prob", "consensus", "std")
 
 
 class MemorySink:
@@ -120,26 +121,14 @@ class TiffSink(MemorySink):
         if "labels" in self.targets:
             maps["labels"] = label_components(maps["mask"])
         if "instances" in self.targets or "objects" in self.targets:
-            maps["instances"] = label_instances(maps["prob"], self.instances, maps.get("boundary"))
+            maps["instances"] = label_planes(maps["prob"], self.instances, maps.get("boundary"))
         keep = set(self.targets) | ({"instances"} if "objects" in self.targets else set())
         return {k: (v if len(self.shape) == 3 else v[0]) for k, v in maps.items() if k in keep}
 
     def objects(self, instances: np.ndarray) -> list[dict]:
         """The per-object table of this image (stacks: one row per object per slice, with its slice `z`)."""
-        if len(self.shape) == 2:
-            return object_table(instances, {k: self.maps[k][0] for k in FLOAT_MAPS})
-        return [{"z": z, **row} for z in range(self.shape[0])
-                for row in object_table(instances[z], {k: self.maps[k][z] for k in FLOAT_MAPS})]
-
-
-def label_instances(prob: np.ndarray, cfg: InstanceConfig, boundary: np.ndarray | None = None) -> np.ndarray:
-    """Seeded-watershed instances of each slice of (Z, H, W) prob (cut at the boundary map, if any); ids unique over the stack."""
-    out, offset = [], 0
-    for z, p in enumerate(prob):
-        lab = separate_instances(p, cfg, None if boundary is None else boundary[z]).astype(np.uint32)
-        out.append(np.where(lab > 0, lab + offset, 0))
-        offset += int(lab.max())
-    return np.stack(out).astype(np.uint16 if offset < 2**16 - 1 else np.uint32)
+        stack = len(self.shape) == 3
+        return list(plane_objects(instances if stack else instances[None], self.maps, stack=stack))
 
 
 def label_components(mask: np.ndarray) -> np.ndarray:

@@ -1,9 +1,8 @@
 """Exact tiling: windows with a halo on a grid aligned to the network's size multiple.
 
-Measured choice: windows whose origins are multiples of 2**(depth-1),
-with a halo of at least the receptive-field radius and the centre cropped,
-reproduce the whole-image result to float precision; blending overlaps
-(gaussian/linear) left 1e-3..2e-2 errors. So tiles are cropped, not blended.
+Tiles are cropped, not blended: windows whose origins are multiples of 2**(depth-1), with a
+halo of at least the receptive-field radius, reproduce the whole-image result to float
+precision, which blended overlaps do not (docs/experiments.md).
 
 Geometry: the image (H, W) is virtually padded at the bottom/right to
 (Hp, Wp), multiples of `multiple`, exactly as the untiled path pads it
@@ -39,6 +38,11 @@ class Tile:
         """Slices of the core inside the window's output at 1/scale resolution."""
         (y0, y1, x0, x1), (wy, _, wx, _) = self.core, self.window
         return slice((y0 - wy) // scale, (y1 - wy) // scale), slice((x0 - wx) // scale, (x1 - wx) // scale)
+
+    def clipped_core(self, shape: tuple[int, int]) -> tuple[slice, slice]:
+        """Slices of the core inside the window, clipped to an (H, W) image (the padding cut off)."""
+        (y0, y1, x0, x1), (wy, _, wx, _) = self.core, self.window
+        return slice(y0 - wy, min(y1, shape[0]) - wy), slice(x0 - wx, min(x1, shape[1]) - wx)
 
 
 def round_up(value: int, multiple: int) -> int:

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..method import FLOAT_MAPS
 from . import ome_zarr as oz
 from .executors import LocalExecutor
 from .instances import (SUMS, InstanceConfig, component_radii, first_pixels, merge_sums, object_areas,
@@ -276,7 +277,7 @@ def relabel_task(path: Path, layout: oz.ZarrLayout, z: int | None, tile: Tile, l
     oz.write_label(root, layout, "instances", origin=_origin(z, tile), block=labels)
     if not table:
         return np.zeros(0, np.uint64), np.zeros((0, len(SUMS)))
-    maps = {k: oz.read_region(root, layout, k, z=z, region=tile.core) for k in ("prob", "consensus", "std")}
+    maps = {k: oz.read_region(root, layout, k, z=z, region=tile.core) for k in FLOAT_MAPS}
     return object_sums(labels, maps, origin=(tile.core[0], tile.core[2]))
 
 

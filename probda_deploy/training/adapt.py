@@ -18,7 +18,7 @@ from ..errors import ConfigError, TrainingStopped
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..files import sha256_file
 from ..models.registry import model_from_spec
-from .adaptation import AdaptConfig, SelfTrainingStrategy
+from .self_training import AdaptConfig, SelfTrainingStrategy
 from .loop import FitResult, LoopConfig, fit
 from .health import snapshot, write_health
 from .pseudo_labels import source_maps
@@ -74,11 +74,11 @@ def adapt(source: Path, target: Path, *, run_dir: Path, config: AdaptConfig = Ad
         src_sampler = PatchSampler(load_image_set(match_labels(source_images, source_labels), labeled=True), cfg.patch_size,
                                    normalization=cfg.normalization)
     torch.manual_seed(cfg.seed)
-    source_health = snapshot(model, vx, k=cfg.val_samples, upper=cfg.upper, lower=cfg.lower)
+    source_health = snapshot(model, vx, k=cfg.val_samples, high=cfg.upper, low=cfg.lower)
     # alignment keeps the source model's own foreground fraction on the target (not the source labels':
     # a target with denser objects would be pushed towards the source's density)
     frac = source_health.foreground if cfg.aligned else None
-    # target labels (if given) only measure the run: the sampler never sees them
+    # target labels (if given) only measure the run: the patch sampler never sees them
     target_sampler = PatchSampler(ImageSet(train.images, None, train.names), cfg.patch_size, normalization=cfg.normalization)
     if cfg.fixed_labels:
         t = time.perf_counter()

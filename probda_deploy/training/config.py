@@ -13,8 +13,9 @@ from ..errors import ConfigError
 class TrainConfig:
     """Source training options.
 
-    The paper trains PUNets with lr 1e-5 for 100k iterations on 512 px patches
-    on a GPU; probda's defaults (lr 1e-4, 2000 iterations, 256 px) fit CPU budgets.
+    The paper trains PUNets with lr 1e-5 for 100k iterations on 512 px patches on a GPU; probda's
+    defaults are lr 1e-4, 2000 iterations and 256 px patches (`probda train` uses 128 px on a CPU,
+    `method.PATCH_SIZE`).
     """
 
     model: str = "punet-small"
@@ -36,7 +37,7 @@ class TrainConfig:
 
 
 def load_toml(path: str | Path, cls=TrainConfig, base=None):
-    """Read a TOML file into `cls` (top-level keys, or a table named like the command).
+    """Read a TOML file into `cls`: top-level keys named like its fields, and an optional [model_options] table.
 
     Unknown keys raise ConfigError naming the file and the key.
     """

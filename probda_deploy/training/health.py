@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..files import atomic_path
-from ..models.consensus import consensus_response
-from ..models.predict import sample_probabilities
+from ..method import HIGH, LOW, consensus
+from ..models.inference import patch_samples
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,13 @@ def sample_diversity(samples: torch.Tensor) -> float:
 
 @torch.no_grad()
 def snapshot(model: torch.nn.Module, x: np.ndarray, *, k: int = 8, batch_size: int = 4,
-             device: torch.device | str = "cpu", upper: float = 0.9, lower: float = 0.1) -> Snapshot:
+             device: torch.device | str = "cpu", high: float = HIGH, low: float = LOW) -> Snapshot:
     """Statistics of `model` on (N, 1, H, W) standardised patches with K prior samples."""
     probs, certain, div, cons = [], [], [], []
     for i in range(0, len(x), batch_size):
-        s = sample_probabilities(model, torch.from_numpy(x[i : i + batch_size]).to(device), k=k)[:, :, :1].float()  # foreground
+        s = patch_samples(model, x[i : i + batch_size], k=k, first=i, device=device)  # foreground
         mean = s.mean(0)
-        c = consensus_response(s, rule="agree", upper=upper, lower=lower, mean=mean)
+        c = consensus(s, rule="agree", high=high, low=low, mean=mean)
         probs.append(mean.cpu().numpy())
         certain.append((c >= 1).cpu().numpy())
         cons.append(float(c.mean()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..method import LOSSES
 from ..models.punet import kl_diag_gaussians
 
 L2_WEIGHT = 1e-5
@@ -43,6 +44,7 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
 
 
 RECONSTRUCTION = {"dice": dice_loss, "bce": bce_loss, "dice+bce": dice_bce_loss}
+assert tuple(RECONSTRUCTION) == LOSSES, "method.LOSSES names the losses defined here"
 
 
 def l2_norms(*modules: torch.nn.Module) -> torch.Tensor:

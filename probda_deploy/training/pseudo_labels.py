@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..models.consensus import CONSENSUS_RULES, FILTERS, consensus_response, filter_weights
-from ..models.predict import image_samples
+from ..method import (CONSENSUS_RULES, DEFAULT_RULE, FILTERS, HIGH, LOW, check_choice, check_thresholds, consensus,
+                      filter_weights, latent_eps, standardize)
+from ..models.inference import latent_dim, sample_probabilities
 
 
 @dataclass(frozen=True)
@@ -16,20 +17,15 @@ class PseudoLabelConfig:
     """N prior samples, consensus rule and thresholds, filtering mode."""
 
     samples: int = 16
-    rule: str = "agree"
-    upper: float = 0.9
-    lower: float = 0.1
+    rule: str = DEFAULT_RULE
+    high: float = HIGH
+    low: float = LOW
     filter: str = "masking"
 
     def __post_init__(self):
-        from ..errors import ConfigError
-
-        if self.rule not in CONSENSUS_RULES:
-            raise ConfigError(f"unknown consensus rule '{self.rule}'; choose one of {', '.join(CONSENSUS_RULES)}")
-        if self.filter not in FILTERS:
-            raise ConfigError(f"unknown filter '{self.filter}'; choose one of {', '.join(FILTERS)}")
-        if not 0 <= self.lower < 0.5 < self.upper <= 1:
-            raise ConfigError(f"consensus thresholds must satisfy 0 <= lower < 0.5 < upper <= 1 (got {self.lower}, {self.upper})")
+        check_choice("--consensus", self.rule, CONSENSUS_RULES)
+        check_choice("--filter", self.filter, FILTERS)
+        check_thresholds(self.high, self.low)
 
 
 @torch.no_grad()
@@ -38,7 +34,7 @@ def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, cfg: PseudoLabelCon
 
     PUNet teacher: y = mean of N sigmoid prior samples, c = consensus of the
     samples. UNet teacher (baseline): y = its probability, c = 1 where it is
-    confident (p >= upper or p <= lower).
+    confident (p >= high or p <= low).
 
     Args:
         x: (B, in, H, W) standardised (weak) view.
@@ -49,10 +45,10 @@ def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, cfg: PseudoLabelCon
     if hasattr(teacher, "sample_logits"):
         samples = torch.sigmoid(teacher.sample_logits(x, k=cfg.samples)).float()
         y = samples.mean(0)
-        c = consensus_response(samples, rule=cfg.rule, upper=cfg.upper, lower=cfg.lower, mean=y)
+        c = consensus(samples, rule=cfg.rule, high=cfg.high, low=cfg.low, mean=y)
     else:
         y = torch.sigmoid(teacher(x)).float()
-        c = ((y >= cfg.upper) | (y <= cfg.lower)).float()
+        c = ((y >= cfg.high) | (y <= cfg.low)).float()
     return y, filter_weights(c, cfg.filter), c
 
 
@@ -63,16 +59,19 @@ def source_maps(model: torch.nn.Module, images: list[np.ndarray], cfg: PseudoLab
 
     A frozen model labelling a geometry-only view with whole-image statistics gives an image's pixels the
     same labels at every step, so they are computed once, with the whole image as context (as `probda
-    segment` predicts).
+    segment` predicts; image i draws `method.latent_eps(seed, "image i", ...)`).
     """
     was = model.training
     model.eval()
     try:
         out = []
-        for im in images:
-            s = image_samples(model, im, k=cfg.samples, seed=seed, device=str(device)).float()
+        for i, im in enumerate(images):
+            dim = latent_dim(model)
+            eps = torch.from_numpy(latent_eps(seed, f"image {i}", cfg.samples, dim)[:, None]) if dim else None
+            x = torch.from_numpy(standardize(im))[None, None].to(device)
+            s = sample_probabilities(model, x, k=cfg.samples, eps=eps)[:, 0].float()
             mean = s.mean(0)
-            c = consensus_response(s, rule=cfg.rule, upper=cfg.upper, lower=cfg.lower, mean=mean)
+            c = consensus(s, rule=cfg.rule, high=cfg.high, low=cfg.low, mean=mean)
             out.append(torch.cat([mean, c]).cpu().numpy())
         return out
     finally:

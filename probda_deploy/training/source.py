@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.augment import AUGMENT_PRESETS, flip_rotate, robust_intensity
+from ..data.augment import flip_rotate, robust_intensity
 from ..data.pairs import match_labels
 from ..data.patches import ImageSet, PatchSampler, foreground, grid_patches, load_image_set
 from ..errors import ConfigError
+from ..method import AUGMENTS, LOSSES, check_choice
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..models.registry import MODEL_VARIANTS, build_model
 from .config import TrainConfig
@@ -33,8 +34,8 @@ class SupervisedStrategy:
 
     def __init__(self, model: nn.Module, sampler: PatchSampler, val: tuple[np.ndarray, np.ndarray], *,
                  batch_size: int, augment: str = "robust", reconstruction: str = "dice", val_samples: int = 8):
-        if augment not in AUGMENT_PRESETS:
-            raise ConfigError(f"unknown augmentation preset '{augment}'; choose one of {', '.join(AUGMENT_PRESETS)}")
+        check_choice("--augment", augment, AUGMENTS)
+        check_choice("--loss", reconstruction, LOSSES)
         self.model, self.sampler, self.val = model, sampler, val
         self.batch_size, self.augment = batch_size, augment
         self.reconstruction, self.val_samples = reconstruction, val_samples
@@ -100,7 +101,7 @@ def train_source(images: Path, labels: Path | None, *, run_dir: Path, config: Tr
         ckpt = load_checkpoint(Path(run_dir) / "latest.pt")
         stored = ckpt.get("train_config", {})
         cfg = TrainConfig(**{**stored, "iterations": config.iterations})
-        model = model_from_checkpoint(ckpt, teacher=False).train()
+        model = model_from_checkpoint(ckpt, ema=False).train()
     else:
         torch.manual_seed(cfg.seed)  # reproducible initial weights
         model = build_model(cfg.model, **{**(model_options or {}), **output_channels(cfg)})

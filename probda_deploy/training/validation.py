@@ -5,18 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.predict import sample_probabilities
+from ..models.inference import patch_samples
 
 
 @torch.no_grad()
 def mean_prediction(model: torch.nn.Module, x: np.ndarray, *, k: int = 8, batch_size: int = 4,
                     device: torch.device | str = "cpu") -> np.ndarray:
-    """Mean foreground of K sigmoid samples for (N, 1, H, W) standardised patches -> (N, 1, H, W)."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[i : i + batch_size]).to(device)
-        out.append(sample_probabilities(model, xb, k=k)[:, :, :1].mean(0).float().cpu().numpy())  # foreground
-    return np.concatenate(out)
+    """Mean foreground of K sigmoid samples (`patch_samples`) for (N, 1, H, W) standardised patches -> (N, 1, H, W)."""
+    return np.concatenate([patch_samples(model, x[i : i + batch_size], k=k, first=i, device=device).mean(0).cpu().numpy()
+                           for i in range(0, len(x), batch_size)])
 
 
 def dice_scores(prob: np.ndarray, target: np.ndarray, eps: float = 1e-7) -> dict[str, float]:

@@ -65,7 +65,8 @@ def test_bioimageio_options_are_forwarded(tmp_path, monkeypatch, unet_ckpt):
     (ckpt, out, kwargs), = calls
     assert ckpt == unet_ckpt and out == tmp_path / "m.zip"
     assert kwargs == {"name": "Nuclei", "description": "d", "authors": ["Ann;Lab A", "Bob"], "license": "CC-BY-4.0",
-                      "test_image": tmp_path / "t.tif", "samples": 8, "seed": 0}
+                      "test_image": tmp_path / "t.tif", "samples": 8, "seed": 0,
+                      "consensus": {"rule": "agree", "threshold_high": 0.9, "threshold_low": 0.1, "class_threshold": 0.5}}
     assert "onnx passed" in res.output
 
 

@@ -39,7 +39,7 @@ def test_train_fast_variant_has_narrow_latent_nets_and_exports(source_data, tmp_
 
     from probda_deploy.exporters import export_onnx
     from probda_deploy.models.checkpoint import model_from_checkpoint
-    from probda_deploy.runtime import OnnxSampler
+    from probda_deploy.runtime import OnnxBackend
 
     images, labels = source_data
     run = tmp_path / "run"
@@ -53,7 +53,7 @@ def test_train_fast_variant_has_narrow_latent_nets_and_exports(source_data, tmp_
     assert model.fcomb.features == 16 and model.config.filters == [16, 32, 64, 128]
     folder = export_onnx(run / "latest.pt", tmp_path / "m.probda")
     img = np.random.default_rng(0).normal(size=(40, 56)).astype(np.float32)
-    got = OnnxSampler(folder, device="cpu").predict(img, k=4, seed=0, tile=None)
+    got = OnnxBackend(folder, device="cpu").predict(img, k=4, seed=0, tile=None)
     assert got["prob"].shape == img.shape and np.isfinite(got["prob"]).all()
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[model_options]\ndepth = 3\n")
@@ -70,7 +70,7 @@ def test_train_bad_inputs_are_one_line(tmp_path, source_data):
     assert res.exit_code == 1 and "unknown option(s) iterationz" in res.output
 
 
-def test_adapt_cli_writes_teacher_checkpoint_with_provenance(tiny_checkpoint, target_data, tmp_path):
+def test_adapt_cli_writes_ema_checkpoint_with_provenance(tiny_checkpoint, target_data, tmp_path):
     images, labels = target_data
     run = tmp_path / "adapt"
     res = runner.invoke(app, ["adapt", str(tiny_checkpoint), "-t", str(images), "-o", str(run), "--iterations", "2",
@@ -78,7 +78,7 @@ def test_adapt_cli_writes_teacher_checkpoint_with_provenance(tiny_checkpoint, ta
                               "--target-labels", str(labels), "--filter", "weighting", "--consensus", "confident"])
     assert res.exit_code == 0, res.output
     ckpt = load_checkpoint(run / "best.pt")
-    assert "teacher_state_dict" in ckpt and ckpt["strategy"] == "mean-teacher"
+    assert "ema_state_dict" in ckpt and ckpt["strategy"] == "mean-teacher"
     assert ckpt["adapt_config"]["filter"] == "weighting" and ckpt["adapt_config"]["consensus"] == "confident"
     assert ckpt["provenance"]["source_sha256"] and "val_dice" in ckpt["metrics"]
     assert ckpt["provenance"]["teacher"] == "source" and "pseudo-labels: source" in res.output

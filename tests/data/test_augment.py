@@ -32,7 +32,7 @@ def test_min_foreground_sampler_rejects_empty_patches(rng):
 
 
 def test_patches_use_whole_image_statistics_like_prediction(rng):
-    from probda_deploy.data.normalize import standardize
+    from probda_deploy.method import standardize
 
     ramp = np.linspace(0, 10, 64, dtype=np.float32)[None].repeat(64, 0) + rng.normal(size=(64, 64)).astype(np.float32)
     data = ImageSet([ramp], None, ["a"])
@@ -46,7 +46,7 @@ def test_patches_use_whole_image_statistics_like_prediction(rng):
 
 
 def test_shading_is_a_planar_multiplicative_ramp_above_the_minimum(rng):
-    from probda_deploy.data.augment import VIEWS, _shading
+    from probda_deploy.data.augment import VIEW_AUGMENTS as VIEWS, _shading
 
     x = rng.uniform(1, 2, size=(1, 24, 32)).astype(np.float32)
     x[0, 0, 0] = 0.5  # the patch minimum stays put

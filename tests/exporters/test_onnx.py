@@ -13,14 +13,14 @@ import onnx
 import pytest
 import torch
 
-from probda_deploy.errors import ExportError
+from probda_deploy.errors import ConfigError, ExportError
 from probda_deploy.exporters import cached_export, export_onnx
 from probda_deploy.models.blocks import receptive_radius
 from probda_deploy.models import build_model
 from probda_deploy.models.checkpoint import model_from_checkpoint
 from probda_deploy.runtime.manifest import sha256_file
-from probda_deploy.runtime import OnnxSampler, SamplerRef, load_manifest, reduce_samples
-from probda_deploy.runtime.sampler import clear_samplers, open_sampler
+from probda_deploy.runtime import OnnxBackend, BackendRef, load_manifest, reduce_samples
+from probda_deploy.runtime.onnx_backend import clear_backends, open_backend
 
 
 def _torch_maps(model, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ def test_export_folder_and_manifest(punet_export, punet_ckpt):
 
 def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt, maps_close):
     model = model_from_checkpoint(punet_ckpt)
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 37, 45)).astype(np.float32)
     eps = rng.standard_normal((5, 2, 6)).astype(np.float32)
@@ -67,7 +67,7 @@ def test_parity_with_torch_batch2_odd_sizes(punet_export, punet_ckpt, maps_close
 
 def test_three_sizes_in_one_session(punet_export, punet_ckpt):
     model = model_from_checkpoint(punet_ckpt)
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     rng = np.random.default_rng(4)
     for shape in [(16, 16), (23, 61), (64, 30)]:
         x = rng.standard_normal((1, *shape)).astype(np.float32)
@@ -79,10 +79,10 @@ def test_three_sizes_in_one_session(punet_export, punet_ckpt):
 def test_one_sampler_per_process_and_export(punet_export, tmp_path):
     folder = tmp_path / "copy.probda"
     shutil.copytree(punet_export, folder)
-    ref = SamplerRef(str(folder), "cpu", 1)  # what each Dask worker opens
+    ref = BackendRef(str(folder), "cpu", 1)  # what each Dask worker opens
     first = ref.open()
-    assert ref.open() is first and open_sampler(folder, device="cpu", threads=1) is first
-    assert open_sampler(folder, device="cpu", threads=2) is not first
+    assert ref.open() is first and open_backend(folder, device="cpu", threads=1) is first
+    assert open_backend(folder, device="cpu", threads=2) is not first
     manifest = folder / "manifest.json"  # a re-export in the same process is loaded afresh
     os.utime(manifest, ns=(manifest.stat().st_atime_ns, manifest.stat().st_mtime_ns + 10**9))
     stale = weakref.ref(first)
@@ -91,14 +91,14 @@ def test_one_sampler_per_process_and_export(punet_export, tmp_path):
     assert ref.open() is second and stale() is not second
     gc.collect()
     assert stale() is None  # the earlier export's sampler (and its sessions) is released
-    clear_samplers(folder)
+    clear_backends(folder)
     assert ref.open() is not second
-    clear_samplers(folder)
+    clear_backends(folder)
 
 
 def test_sample_maps_and_whole_image_standardisation(punet_export, punet_ckpt):
     model = model_from_checkpoint(punet_ckpt)
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     img = np.random.default_rng(5).uniform(0, 4000, (29, 34)).astype(np.float32)
     eps = np.random.default_rng(6).standard_normal((4, 6)).astype(np.float32)
     got = sampler.predict(img, eps=eps, return_samples=True)
@@ -116,7 +116,7 @@ def test_unet_exports_as_one_graph(unet_export):
     ckpt = m["provenance"]["checkpoint"]
     model = model_from_checkpoint(ckpt)
     img = np.random.default_rng(7).standard_normal((21, 30)).astype(np.float32)
-    got = OnnxSampler(unet_export, device="cpu").predict(img, normalize="none")
+    got = OnnxBackend(unet_export, device="cpu").predict(img, normalize="none")
     with torch.no_grad():
         ref = torch.sigmoid(model(torch.from_numpy(img)[None, None]))[0, 0].numpy()
     np.testing.assert_allclose(got["prob"], ref, atol=1e-4)
@@ -134,9 +134,9 @@ def test_export_refuses_existing_folder_and_bad_options(tmp_path, punet_ckpt):
     (tmp_path / "m.probda").mkdir()
     with pytest.raises(ExportError, match="already exists; pass --overwrite"):
         export_onnx(punet_ckpt, tmp_path / "m.probda")
-    with pytest.raises(ExportError, match="unknown; choose agree or confident"):
+    with pytest.raises(ConfigError, match="--consensus-rule 'vote': unknown; choose one of agree, confident"):
         export_onnx(punet_ckpt, tmp_path / "n.probda", consensus_rule="vote")
-    with pytest.raises(ExportError, match="need 0 <= low < 0.5 < high"):
+    with pytest.raises(ConfigError, match="need 0 <= low < 0.5 < high"):
         export_onnx(punet_ckpt, tmp_path / "n.probda", thresholds=(0.4, 0.1))
     three_class = build_model("punet-small", initial_features=8, depth=3, num_classes=3)  # 2 = foreground + boundary
     with pytest.raises(ExportError, match="3 class.*a foreground output \\(and a boundary output\\)"):

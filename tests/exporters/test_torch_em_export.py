@@ -30,7 +30,7 @@ from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint
 from probda_deploy.models.importer import import_checkpoint
 from probda_deploy.models.punet import PUNet, PUNetConfig
 from probda_deploy.models.torch_em_unet import TorchEmPUNet, TorchEmPUNetConfig
-from probda_deploy.runtime import OnnxSampler
+from probda_deploy.runtime import OnnxBackend
 
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
@@ -75,7 +75,7 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("norm", ["InstanceNorm", "BatchNorm"])
 def test_export_keeps_dynamic_sizes_and_equals_torch(exported, norm):
     model, folder = exported[norm]
-    sampler = OnnxSampler(folder, device="cpu")
+    sampler = OnnxBackend(folder, device="cpu")
     rng = np.random.default_rng(0)
     for h, w in [(24, 24), (37, 61), (96, 80)]:  # the minimum, odd sizes (padded), larger than traced
         image = rng.standard_normal((h, w)).astype(np.float32)
@@ -108,7 +108,7 @@ def test_instance_norm_is_precise_at_large_sizes():
 
 def test_local_norm_tiles_exactly(exported):
     model, folder = exported["BatchNorm"]
-    sampler = OnnxSampler(folder, device="cpu")
+    sampler = OnnxBackend(folder, device="cpu")
     assert sampler.tiling_mode == "exact" and sampler.tiling_note == ""
     rng = np.random.default_rng(3)
     image = rng.standard_normal((150, 131)).astype(np.float32)
@@ -122,7 +122,7 @@ def test_local_norm_tiles_exactly(exported):
 
 def test_instance_norm_model_runs_on_whole_images_only(exported, tmp_path):
     _, folder = exported["InstanceNorm"]
-    sampler = OnnxSampler(folder, device="cpu")
+    sampler = OnnxBackend(folder, device="cpu")
     assert sampler.tiling_mode == "whole-image"
     assert len(sampler.plan((4000, 3000), tile="auto")) == 1  # auto never tiles it, even above 1536 px
     with pytest.raises(ConfigError, match=r"--tile 64: this model runs on whole images only \(torch-em InstanceNorm"):
@@ -147,7 +147,7 @@ def test_reference_layout_tiling_is_approximate_with_a_measured_error(tmp_path):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     folder = _export_probda(model, tmp_path, "ref")
-    sampler = OnnxSampler(folder, device="cpu")
+    sampler = OnnxBackend(folder, device="cpu")
     assert sampler.tiling_mode == "approximate" and "align_corners=True" in sampler.tiling_note
     assert len(sampler.plan((4000, 3000), tile="auto")) == 1  # never tiled unless asked
     rng = np.random.default_rng(0)
@@ -231,7 +231,7 @@ def test_torch_em_model_exports_and_segments_like_torch_em(norm, tmp_path):
         result = import_checkpoint(src, teacher=use_teacher)
         ckpt = save_checkpoint(result.checkpoint, tmp_path / f"te-{use_teacher}.pt")
         folder = export_onnx(ckpt, tmp_path / f"te-{use_teacher}.probda")
-        got = OnnxSampler(folder, device="cpu").predict(image, eps=eps, normalize="none", tile=None, return_samples=True)
+        got = OnnxBackend(folder, device="cpu").predict(image, eps=eps, normalize="none", tile=None, return_samples=True)
         np.testing.assert_allclose(got["samples"], _torch_em_sample_probs(ref_model, image, eps), atol=TOL, rtol=0)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from probda_deploy.data.io import write_tiff_atomic
-from probda_deploy.data.normalize import standardize
+from probda_deploy.method import standardize
 from probda_deploy.data.synthetic import make_nuclei
 from probda_deploy.models import build_model
 from probda_deploy.models.checkpoint import make_checkpoint, save_checkpoint

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from probda_deploy.data.io import read_image, write_tiff_atomic
-from probda_deploy.data.normalize import standardize
+from probda_deploy.method import standardize
 from probda_deploy.errors import ExportError, ZooValidationError
 from probda_deploy.model_zoo.validate import safe_extract
 
@@ -42,7 +42,7 @@ def test_export_passes_test_model_for_both_formats(zoo_package, tmp_path):
     probda = rdf["config"]["probda"]
     assert probda["sampling"]["samples"] == 8 and probda["sampling"]["seed"] == 3
     assert np.array(probda["sampling"]["eps"]).shape == (8, 6)
-    assert probda["consensus"] == {"rule": "agree", "upper": 0.9, "lower": 0.1}
+    assert probda["consensus"] == {"rule": "agree", "threshold_high": 0.9, "threshold_low": 0.1, "class_threshold": 0.5}
     assert probda["checkpoint"]["iteration"] == 40 and len(probda["checkpoint"]["sha256"]) == 64
     tols = {t["output_ids"][0]: t for t in rdf["config"]["bioimageio"]["reproducibility_tolerance"]}
     assert tols["consensus"]["mismatched_elements_per_million"] == 1000 and tols["prob"]["absolute_tolerance"] == 1e-4
@@ -142,12 +142,12 @@ def test_safe_extract_refuses_zip_slip(tmp_path):
 
 def test_zoo_mean_equals_runtime_sampler(zoo_package, tiny_checkpoint, tmp_path):
     """Same checkpoint, same K and eps: the zoo package and probda's onnxruntime sampler agree (1e-4)."""
-    sampler_mod = pytest.importorskip("probda_deploy.runtime.sampler")
+    sampler_mod = pytest.importorskip("probda_deploy.runtime.onnx_backend")
     onnx_mod = pytest.importorskip("probda_deploy.exporters.onnx")
     rdf, root = _rdf(zoo_package, tmp_path)
     eps = np.asarray(rdf["config"]["probda"]["sampling"]["eps"], np.float32)
     folder = onnx_mod.export_onnx(tiny_checkpoint, tmp_path / "tiny.probda", samples=len(eps))
-    sampler = sampler_mod.load_sampler(folder, device="cpu")
+    sampler = sampler_mod.load_export(folder, device="cpu")
     image = np.load(root / "test_input.npy")[0, 0]
     got = sampler.predict(image, eps=eps, tile=None)
     np.testing.assert_allclose(got["prob"], np.load(root / "test_output_prob.npy")[0, 0], atol=1e-4, rtol=0)

@@ -17,11 +17,19 @@ def test_round_trip_rebuilds_the_same_model(tiny_punet, tmp_path):
         torch.testing.assert_close(model.sample_logits(x, eps=eps), tiny_punet.sample_logits(x, eps=eps))
 
 
-def test_teacher_weights_are_deployed_when_present(tiny_punet, tmp_path):
-    teacher = {k: torch.zeros_like(v) for k, v in tiny_punet.state_dict().items()}
-    path = save_checkpoint(make_checkpoint(tiny_punet, teacher_state_dict=teacher), tmp_path / "m.pt")
+@pytest.mark.parametrize("key", ["ema_state_dict", "teacher_state_dict"])  # the latter: checkpoints of earlier versions
+def test_ema_weights_are_deployed_when_present(tiny_punet, tmp_path, key):
+    ema = {k: torch.zeros_like(v) for k, v in tiny_punet.state_dict().items()}
+    path = save_checkpoint(make_checkpoint(tiny_punet, **{key: ema}), tmp_path / "m.pt")
     assert all((p == 0).all() for p in model_from_checkpoint(path).parameters())
-    assert not all((p == 0).all() for p in model_from_checkpoint(path, teacher=False).parameters())
+    assert all((p == 0).all() for p in model_from_checkpoint(path, ema=True).parameters())
+    assert not all((p == 0).all() for p in model_from_checkpoint(path, ema=False).parameters())
+
+
+def test_asking_for_ema_weights_of_a_source_checkpoint_is_an_error(tiny_punet, tmp_path):
+    path = save_checkpoint(make_checkpoint(tiny_punet), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="has no EMA weights"):
+        model_from_checkpoint(path, ema=True)
 
 
 class _Evil:

@@ -147,7 +147,7 @@ def test_sigkill_training_then_resume_equals_uninterrupted(command, robust_ckpt,
 
     a, b = load_checkpoint(killed / "latest.pt"), load_checkpoint(ref / "latest.pt")
     assert int(a["iteration"]) == int(b["iteration"]) == TRAIN_ITERATIONS
-    keys = ["state_dict"] + (["teacher_state_dict"] if command == "adapt" else [])
+    keys = ["state_dict"] + (["ema_state_dict"] if command == "adapt" else [])
     for key in keys:
         assert a[key].keys() == b[key].keys()
         for name in a[key]:

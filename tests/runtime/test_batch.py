@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from probda_deploy.errors import ConfigError
-from probda_deploy.runtime import OnnxSampler, segment
+from probda_deploy.runtime import OnnxBackend, segment
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_outputs_types_and_shapes(punet_export, folder, tmp_path):
 def test_stacks_are_segmented_slice_by_slice(punet_export, tmp_path, blobs):
     stack = np.stack([blobs((24, 28), seed=s) for s in range(3)])
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     report = segment(sampler, tmp_path / "s.tif", tmp_path / "out", samples=3, outputs="prob,mask")
     assert report.done == 1
     prob = tifffile.imread(tmp_path / "out" / "s_prob.tif")

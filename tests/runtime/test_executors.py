@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from probda_deploy.runtime import OnnxSampler
+from probda_deploy.runtime import OnnxBackend
 from probda_deploy.runtime import segment
 from probda_deploy.runtime.executors import DaskExecutor
 
@@ -26,7 +26,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def sampler(punet_export):
-    return OnnxSampler(punet_export, device="cpu")
+    return OnnxBackend(punet_export, device="cpu")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from probda_deploy.errors import RuntimeModelError
-from probda_deploy.runtime import OnnxSampler, load_manifest
+from probda_deploy.runtime import OnnxBackend, load_manifest
 from probda_deploy.runtime.manifest import FORMAT_VERSION, write_manifest
 
 
@@ -29,7 +29,7 @@ def test_tampered_file_is_refused(copy):
     with open(copy / "decoder.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(RuntimeModelError, match=r"decoder.onnx: sha256 does not match the manifest"):
-        OnnxSampler(copy, device="cpu")
+        OnnxBackend(copy, device="cpu")
     load_manifest(copy, verify=False)  # reading without verification still works
 
 

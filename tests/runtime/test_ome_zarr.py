@@ -12,7 +12,7 @@ import zarr
 
 from probda_deploy.errors import ConfigError, ImageReadError
 from probda_deploy.data.io import read_image
-from probda_deploy.runtime import OnnxSampler, latent_eps, segment
+from probda_deploy.runtime import OnnxBackend, latent_eps, segment
 from probda_deploy.runtime import ome_zarr as oz
 from probda_deploy.runtime.readers import open_image
 
@@ -37,7 +37,7 @@ def write_input(path: Path, shape: tuple[int, int], chunk: int = 1024) -> Path:
 
 @pytest.fixture(scope="module")
 def sampler(punet_export):
-    return OnnxSampler(punet_export, device="cpu")
+    return OnnxBackend(punet_export, device="cpu")
 
 
 def _run(sampler, src, out, *, tile, seed=0, k=4, ngff="0.4", resume=False, on_block=None):

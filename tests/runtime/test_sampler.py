@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from probda_deploy.errors import ConfigError
-from probda_deploy.runtime import OnnxSampler, latent_eps
+from probda_deploy.runtime import OnnxBackend, latent_eps
 from probda_deploy.runtime.session import requested_providers
 
 
@@ -23,7 +23,7 @@ def test_latent_eps_is_stable_and_order_free():
 
 
 def test_predict_is_reproducible_and_k_matters(punet_export, blobs):
-    sampler = OnnxSampler(punet_export, device="cpu", threads=1)
+    sampler = OnnxBackend(punet_export, device="cpu", threads=1)
     img = blobs((33, 47))
     a = sampler.predict(img, k=5, seed=3)
     np.testing.assert_array_equal(a["prob"], sampler.predict(img, k=5, seed=3)["prob"])
@@ -34,13 +34,13 @@ def test_predict_is_reproducible_and_k_matters(punet_export, blobs):
 
 
 def test_cpu_provider_is_read_back(punet_export):
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     assert sampler.providers == ["CPUExecutionProvider"]
     assert sampler.provider_report.note == ""
 
 
 def test_cuda_request_is_reported_when_not_active(punet_export):
-    sampler = OnnxSampler(punet_export, device="cuda")
+    sampler = OnnxBackend(punet_export, device="cuda")
     if "CUDAExecutionProvider" in sampler.providers:
         pytest.skip("CUDA is active on this machine")
     assert sampler.providers == ["CPUExecutionProvider"]
@@ -48,15 +48,15 @@ def test_cuda_request_is_reported_when_not_active(punet_export):
 
 
 def test_option_errors(punet_export, blobs):
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     img = blobs((16, 16))
     with pytest.raises(ConfigError, match=r"eps shape \(3, 2\): expected \(K, 6\)"):
         sampler.predict(img, eps=np.zeros((3, 2)))
     with pytest.raises(ConfigError, match="need at least 1 sample"):
         sampler.predict(img, k=0)
-    with pytest.raises(ConfigError, match="normalize='zscore'"):
+    with pytest.raises(ConfigError, match="--normalize 'zscore': unknown"):
         sampler.predict(img, normalize="zscore")
     with pytest.raises(ConfigError, match="one 2D image"):
         sampler.predict(np.zeros((2, 16, 16), np.float32))
-    with pytest.raises(ConfigError, match="--device tpu: unknown device"):
+    with pytest.raises(ConfigError, match="--device 'tpu': unknown; choose one of auto, cpu, cuda"):
         requested_providers("tpu")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probda_deploy.runtime import OnnxSampler, plan_tiles
-from probda_deploy.runtime import sampler as sampler_module
+from probda_deploy.runtime import OnnxBackend, plan_tiles
+from probda_deploy.runtime import onnx_backend as backend_module
 from probda_deploy.runtime.tiling import image_stats, read_window
 
 
@@ -42,7 +42,7 @@ def test_image_stats_in_row_blocks():
 
 
 def test_tiled_equals_untiled(punet_export, blobs, maps_close):
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     assert sampler.manifest["model"]["config"]["align_corners"] is False
     img = blobs((150, 133)) * 300 + 1000
     eps = np.random.default_rng(2).standard_normal((6, 6)).astype(np.float32)
@@ -55,7 +55,7 @@ def test_tiled_equals_untiled(punet_export, blobs, maps_close):
 
 
 def test_prior_pass_reads_only_the_prior_trunks_context(punet_export, blobs, monkeypatch, maps_close):
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     rf = sampler.manifest["receptive_field"]
     assert sampler.prior_halo < sampler.default_halo and sampler.prior_halo >= rf["prior_radius"] > 0
     img = blobs((300, 280), seed=4) * 300 + 1000
@@ -79,7 +79,7 @@ def test_prior_pass_reads_only_the_prior_trunks_context(punet_export, blobs, mon
 
 
 def test_image_smaller_than_a_tile(punet_export, blobs):
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     img = blobs((19, 26), seed=3)
     eps = np.random.default_rng(4).standard_normal((3, 6)).astype(np.float32)
     small = sampler.predict(img, eps=eps, tile=256, halo=64)
@@ -89,10 +89,10 @@ def test_image_smaller_than_a_tile(punet_export, blobs):
 
 
 def test_decoder_chunks_do_not_change_the_result(punet_export, monkeypatch, blobs, maps_close):
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     img = blobs((40, 52), seed=5)
     whole = sampler.predict(img, k=4, seed=1, tile=None)
-    monkeypatch.setattr(sampler_module, "CHUNK_BYTES", 4 * 4 * 8 * 52 * 3)  # 3 rows per decoder call
+    monkeypatch.setattr(backend_module, "CHUNK_BYTES", 4 * 4 * 8 * 52 * 3)  # 3 rows per decoder call
     runs = []
     original = sampler._sessions["decoder"].run
     monkeypatch.setattr(sampler._sessions["decoder"], "run", lambda *a, **k: runs.append(1) or original(*a, **k), raising=False)
@@ -102,7 +102,7 @@ def test_decoder_chunks_do_not_change_the_result(punet_export, monkeypatch, blob
 
 
 def test_per_tile_normalisation_is_an_option(punet_export, blobs):
-    sampler = OnnxSampler(punet_export, device="cpu")
+    sampler = OnnxBackend(punet_export, device="cpu")
     img = np.linspace(0, 1, 96 * 96, dtype=np.float32).reshape(96, 96) + blobs((96, 96))
     a = sampler.predict(img, k=2, seed=0, tile=32, normalize="tile")
     b = sampler.predict(img, k=2, seed=0, tile=32, normalize="image")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
+from probda_deploy.method import ALL_MAPS, FLOAT_MAPS
 from probda_deploy.runtime import ome_zarr as oz
 from probda_deploy.runtime.instances import (InstanceConfig, iter_rows, object_table, separate_instances, summarize_objects,
                                              write_object_csv)
@@ -25,9 +26,9 @@ def _output(tmp_path: Path, prob: np.ndarray, chunk: int, consensus=None, std=No
     """A partial OME-Zarr output with these maps written block by block, as the engine writes them."""
     maps = {"prob": prob, "consensus": np.ones_like(prob) if consensus is None else consensus,
             "std": np.zeros_like(prob) if std is None else std}
-    channels = oz.FLOAT_CHANNELS
+    channels = FLOAT_MAPS
     if boundary is not None:
-        maps["boundary"], channels = boundary, oz.ALL_CHANNELS
+        maps["boundary"], channels = boundary, ALL_MAPS
     layout = oz.ZarrLayout(shape=prob.shape, chunk=chunk, levels=2, channels=channels, mask=True, instances=True)
     path = tmp_path / "img.ome.zarr.partial"
     oz.create_output(path, layout, metadata={})

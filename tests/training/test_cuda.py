@@ -11,7 +11,7 @@ import torch
 
 from probda_deploy.models.checkpoint import load_checkpoint
 from probda_deploy.training.adapt import adapt
-from probda_deploy.training.adaptation import AdaptConfig
+from probda_deploy.training.self_training import AdaptConfig
 from probda_deploy.training.config import TrainConfig
 from probda_deploy.training.loop import _to_tensors
 from probda_deploy.training.source import train_source

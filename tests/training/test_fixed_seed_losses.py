@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from probda_deploy.training.adapt import adapt
-from probda_deploy.training.adaptation import AdaptConfig
+from probda_deploy.training.self_training import AdaptConfig
 from probda_deploy.training.config import TrainConfig
 from probda_deploy.training.source import train_source
 

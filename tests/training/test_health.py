@@ -12,7 +12,7 @@ from probda_deploy.data.patches import ImageSet, PatchSampler
 from probda_deploy.errors import TrainingStopped
 from probda_deploy.models.checkpoint import load_checkpoint, save_checkpoint
 from probda_deploy.training.adapt import adapt
-from probda_deploy.training.adaptation import AdaptConfig, SelfTrainingStrategy
+from probda_deploy.training.self_training import AdaptConfig, SelfTrainingStrategy
 from probda_deploy.training.health import Snapshot, collapse, sample_diversity, verdict
 
 CFG = AdaptConfig(iterations=4, batch_size=2, patch_size=32, samples=4, val_every=2, lr=1e-3, seed=5)
@@ -91,7 +91,7 @@ def test_collapse_stops_the_run_and_keeps_the_last_healthy_checkpoint(tiny_check
     assert health["verdict"] in ("improved", "unchanged", "drifting") and health["source"]["foreground"] > 0
     # force a collapse: the deployed teacher and the student now predict background everywhere
     ckpt = load_checkpoint(run / "latest.pt")
-    for key in ("state_dict", "teacher_state_dict"):
+    for key in ("state_dict", "ema_state_dict"):
         ckpt[key]["fcomb.last_layer.bias"] = torch.full_like(ckpt[key]["fcomb.last_layer.bias"], -60.0)
     save_checkpoint(ckpt, run / "latest.pt")
     with pytest.raises(TrainingStopped, match=r"collapsed towards background.*best.pt is the last healthy checkpoint \(iteration 2\)"):

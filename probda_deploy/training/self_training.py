@@ -25,18 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.augment import VIEWS, flip_rotate
+from ..data.augment import VIEW_AUGMENTS, flip_rotate
 from ..data.patches import PatchSampler
 from ..errors import ConfigError
-from .losses import RECONSTRUCTION, supervised_loss
-from ..models.consensus import filter_weights
+from ..models.checkpoint import EMA_KEY, ema_state
+from ..method import (HIGH, LABELERS, LABELERS_OF, LOSSES, LOW, SELECT_ON, STRATEGIES, TRAIN_NORMALIZATIONS, VIEWS,
+                      check_choice, filter_weights)
+from .losses import supervised_loss
 from .pseudo_labels import PseudoLabelConfig, align_distribution, ema_update, pseudo_labels
 from .health import HealthBounds, Snapshot, collapse, snapshot, verdict
 from .validation import dice_scores, mean_prediction
 
-STRATEGIES = ("mean-teacher", "fixmatch")
-TEACHERS = ("source", "ema", "model")
-SELECT_ON = ("last", "pseudo", "labels")
 TEACHER_HORIZONS = 3.0  # the EMA labels (teacher="ema"): its time constant sets how far self-training moves
 AVERAGE_HORIZONS = 10.0  # the EMA only deployed (source teacher): it averages the student's noise, with a short lag
 
@@ -56,8 +55,8 @@ class AdaptConfig:
     filter: str = "masking"
     consensus: str = "agree"
     samples: int = 16
-    upper: float = 0.9
-    lower: float = 0.1
+    upper: float = HIGH  # consensus thresholds (--threshold-high, --threshold-low)
+    lower: float = LOW
     iterations: int = 1000
     batch_size: int = 4
     patch_size: int = 256
@@ -65,7 +64,7 @@ class AdaptConfig:
     ema: float | None = None  # None: follows the run length (see `momentum`)
     distribution_alignment: bool | None = None  # None: on for FixMatch, off for mean teacher
     reconstruction: str = "dice"
-    # views (data/augment.VIEWS); None = the strategy's default (see `views`)
+    # views (method.VIEWS); None = the strategy's default (see `views`)
     teacher_view: str | None = None
     student_view: str | None = None
     normalization: str = "image"
@@ -99,13 +98,11 @@ class AdaptConfig:
 
     @property
     def momentum(self) -> float:
-        """EMA momentum: `ema`, or 1 - horizons / iterations within [0.9, 0.9999] (docs/experiments.md).
+        """EMA momentum: `ema`, or 1 - horizons / iterations within [0.9, 0.9999].
 
-        EMA teacher (TEACHER_HORIZONS = 3): self-training feeds its labels back through the student,
-        and how far the model moves is set by how many teacher time constants the run spans: 300
-        iterations at 0.99 end where 100 at 0.97 peak, and 300 at 0.97 drift past it.
-        Source teacher (AVERAGE_HORIZONS = 10): the EMA is only deployed; it lags the student by
-        1 / (1 - momentum) steps: at 1000 iterations 0.99 ended above 0.997 on 3 gradient-shift runs, level on 1.
+        An EMA that labels (TEACHER_HORIZONS) feeds its labels back through the student, so the number of
+        its time constants a run spans sets how far the model moves; an EMA that is only deployed
+        (AVERAGE_HORIZONS) averages the student's noise with a short lag (docs/experiments.md).
         """
         if self.ema is not None:
             return self.ema
@@ -124,28 +121,26 @@ class AdaptConfig:
 
     @property
     def pseudo(self) -> PseudoLabelConfig:
-        return PseudoLabelConfig(samples=self.samples, rule=self.consensus, upper=self.upper, lower=self.lower, filter=self.filter)
+        return PseudoLabelConfig(samples=self.samples, rule=self.consensus, high=self.upper, low=self.lower, filter=self.filter)
 
     def check(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
-        if self.teacher is not None and self.teacher not in TEACHERS:
-            raise ConfigError(f"--teacher must be one of {', '.join(TEACHERS)}, not '{self.teacher}'")
-        allowed = ("source", "ema") if self.strategy == "mean-teacher" else ("ema", "model")
+        check_choice("--strategy", self.strategy, STRATEGIES)
+        if self.teacher is not None:
+            check_choice("--teacher", self.teacher, LABELERS)
+        allowed = LABELERS_OF[self.strategy]
         if self.teacher is not None and self.teacher not in allowed:
             raise ConfigError(f"--teacher {self.teacher} does not go with --strategy {self.strategy}; "
                               f"choose one of {', '.join(allowed)}")
         if self.teacher == "source" and self.from_scratch:
             raise ConfigError("--teacher source cannot start --from-scratch: the source model is the teacher")
-        if self.select_on not in SELECT_ON:
-            raise ConfigError(f"--select-on must be one of {', '.join(SELECT_ON)}, not '{self.select_on}'")
+        check_choice("--select-on", self.select_on, SELECT_ON)
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
         for flag, view in (("--teacher-view", self.teacher_view), ("--student-view", self.student_view)):
-            if view is not None and view not in VIEWS:
-                raise ConfigError(f"{flag} must be one of {', '.join(VIEWS)}, not '{view}'")
-        if self.reconstruction not in RECONSTRUCTION:
-            raise ConfigError(f"--loss must be one of {', '.join(RECONSTRUCTION)}, not '{self.reconstruction}'")
+            if view is not None:
+                check_choice(flag, view, VIEWS)
+        check_choice("--loss", self.reconstruction, LOSSES)
+        check_choice("--normalization", self.normalization, TRAIN_NORMALIZATIONS)
         self.pseudo  # validates rule, filter, thresholds
 
 
@@ -197,11 +192,11 @@ class SelfTrainingStrategy:
         teacher_view, student_view = self.cfg.views
         if maps is None:
             (x,) = flip_rotate(rng, x)
-            batch = {"x_teacher": VIEWS[teacher_view](rng, x)}
+            batch = {"x_teacher": VIEW_AUGMENTS[teacher_view](rng, x)}
         else:  # the source model's labels of the whole image, cropped and flipped with the patch
             x, maps = flip_rotate(rng, x, maps)
             batch = {"pseudo": maps}
-        batch["x_student"] = VIEWS[student_view](rng, x)
+        batch["x_student"] = VIEW_AUGMENTS[student_view](rng, x)
         if self.cfg.joint:
             xs, ys = self.source.sample(rng, self.cfg.batch_size)
             xs, ys = flip_rotate(rng, xs, ys)
@@ -253,7 +248,7 @@ class SelfTrainingStrategy:
         """
         x = self.val["x"]
         now = snapshot(self.deployed, x, k=self.cfg.val_samples, device=self.device,
-                       upper=self.cfg.upper, lower=self.cfg.lower)
+                       high=self.cfg.upper, low=self.cfg.lower)
         student = mean_prediction(self.model, x, k=self.cfg.val_samples, device=self.device)
         agreement = dice_scores(student, now.prob)["dice_soft"]
         out = {"val_metric": 1 - agreement, "val_agreement": agreement,
@@ -275,12 +270,12 @@ class SelfTrainingStrategy:
     def checkpoint_extra(self) -> dict:
         extra = {"adapt_state": {"target_fraction": self.target_fraction, "source_fraction": self.source_fraction}}
         if self.average is not None:  # the deployed weights; a source teacher is rebuilt from the source checkpoint
-            extra["teacher_state_dict"] = {k: v.detach().cpu() for k, v in self.average.state_dict().items()}
+            extra[EMA_KEY] = {k: v.detach().cpu() for k, v in self.average.state_dict().items()}
         return extra
 
     def load_extra(self, ckpt: dict) -> None:
         if self.average is not None:
-            self.average.load_state_dict(ckpt["teacher_state_dict"])
+            self.average.load_state_dict(ema_state(ckpt))
         state = ckpt.get("adapt_state", {})
         self.target_fraction = state.get("target_fraction")
         if state.get("source_fraction") is not None:
