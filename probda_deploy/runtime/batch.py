@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from ..errors import ConfigError, ProbdaError
 from . import ome_zarr as oz
-from .executors import LocalExecutor, open_executor
+from .executors import LocalExecutor, check_workers, open_executor
 from .instances import InstanceConfig, ObjectSummary, instance_config
 from ..method import (ALL_MAPS, CLASS_THRESHOLD, DEFAULT_OUTPUTS, FLOAT_MAPS, INSTANCE_OUTPUTS, OUTPUT_FORMATS, PREDICT_NORMALIZATIONS, check_choice, check_samples,
                       latent_eps)
@@ -313,8 +313,7 @@ def segment(model: str | Path | OnnxBackend, inputs: str | Path | Sequence[str |
         ConfigError: bad options, output clashes, unreachable scheduler.
         RuntimeModelError: invalid export folder.
     """
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: need at least 1 worker")
+    check_workers(workers)  # before the model loads
     backend = model if isinstance(model, OnnxBackend) else load_export(model, device=device, threads=threads)
     opts = resolve_options(backend, out_dir, **options)
     with open_executor(workers=workers, scheduler=scheduler, threads=threads) as executor:

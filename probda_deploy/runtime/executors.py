@@ -62,6 +62,13 @@ class LocalExecutor:
             yield name, fn(*args)
 
 
+def check_workers(workers: int) -> int:
+    """`workers` if >= 1, else ConfigError."""
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least 1 worker")
+    return workers
+
+
 @contextlib.contextmanager
 def open_executor(*, workers: int = 1, scheduler: str | None = None, threads: int | None = None):
     """LocalExecutor for one worker and no scheduler, else a DaskExecutor (LocalCluster or existing scheduler).
@@ -78,8 +85,7 @@ def open_executor(*, workers: int = 1, scheduler: str | None = None, threads: in
     Raises:
         ConfigError: bad worker count or unreachable scheduler.
     """
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: need at least 1 worker")
+    check_workers(workers)
     if not scheduler and workers == 1:
         yield LocalExecutor(threads)
         return
