@@ -2,7 +2,7 @@
 
 The zoo runs one graph per weights format: image -> (mean foreground
 probability, consensus, std). The K noise draws eps_k ~ N(0, I) are drawn
-once from a seeded generator and stored as a constant buffer, so every runtime
+once with probda's seed rule (`method.latent_eps`) and stored as a constant buffer, so every runtime
 (onnxruntime, TorchScript) reproduces the package's test outputs exactly.
 
 Inside the graph (docs/method.md, "The model" and "Pseudo-labels and consensus"):
@@ -23,14 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ExportError
-from ..method import check_samples, consensus_spec, reduce_samples
+from ..method import check_samples, consensus_spec, latent_eps, reduce_samples
 from ..models.punet import PUNet
 
 
+EPS_NAME = "bioimageio"  # the name the package's draws are keyed by (`method.latent_eps`)
+
+
 def draw_eps(samples: int, latent_dim: int, *, seed: int) -> torch.Tensor:
-    """Seeded standard-normal draws (K, L) float32 from torch's CPU generator."""
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(samples, latent_dim, generator=gen, dtype=torch.float32)
+    """The package's (K, L) float32 draws: `method.latent_eps(seed, "bioimageio", K, L)`, the one seed rule."""
+    return torch.from_numpy(latent_eps(seed, EPS_NAME, samples, latent_dim))
 
 
 class ZooGraph(nn.Module):

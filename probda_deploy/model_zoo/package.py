@@ -115,7 +115,7 @@ def _probda_config(ckpt: dict, checkpoint: Path, model, *, ema: bool, samples: i
         "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint),
                        "iteration": _plain(ckpt.get("iteration")), "metrics": _plain(ckpt.get("metrics", {}))},
         "provenance": extra,
-        "sampling": {"samples": samples, "seed": seed, "generator": "torch.Generator(cpu).manual_seed(seed); torch.randn(K, L)",
+        "sampling": {"samples": samples, "seed": seed, "generator": "probda_deploy.method.latent_eps(seed, 'bioimageio', K, L)",
                      "shared_across_batch": True, "eps": [[float(v) for v in row] for row in eps]},
         "consensus": consensus,
         "normalization": _plain(ckpt.get("normalization", {})),
