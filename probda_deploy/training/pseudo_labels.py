@@ -64,9 +64,8 @@ def source_maps(model: torch.nn.Module, images: list[np.ndarray], cfg: PseudoLab
     was = model.training
     model.eval()
     try:
-        out = []
+        out, dim = [], latent_dim(model)
         for i, im in enumerate(images):
-            dim = latent_dim(model)
             eps = torch.from_numpy(latent_eps(seed, f"image {i}", cfg.samples, dim)[:, None]) if dim else None
             x = torch.from_numpy(standardize(im))[None, None].to(device)
             s = sample_probabilities(model, x, k=cfg.samples, eps=eps)[:, 0].float()
